@@ -1,0 +1,188 @@
+"""Plumbing shared by the scripts: paths, command-line basics, safe writes, the metric."""
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+COMPETITION = "ultrasound-nerve-segmentation"
+log = logging.getLogger("kit")
+
+VERBOSE = bool({"-v", "--verbose"} & set(sys.argv))
+
+
+def import_tensorflow():
+    """Import TensorFlow with its C++ start-up messages hidden unless -v: they are printed
+    before its logging is set up, so TF_CPP_MIN_LOG_LEVEL alone does not silence them."""
+    if VERBOSE:
+        import tensorflow as tf
+        return tf
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow as tf
+            tf.config.list_physical_devices()   # device probing logs too
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return tf
+
+
+class UserError(Exception):
+    """A problem the user can fix: printed as one line, without a traceback."""
+
+
+# ---------------------------------------------------------------- paths
+
+def in_kaggle_notebook():
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
+
+
+def kaggle_input_root():
+    return Path(os.environ.get("KIT_KAGGLE_INPUT", "/kaggle/input"))
+
+
+def kaggle_working_root():
+    return Path(os.environ.get("KIT_KAGGLE_WORKING", "/kaggle/working"))
+
+
+def find_competition_input(slug=COMPETITION):
+    """The folder holding train/ and test/ under /kaggle/input (its layout varies)."""
+    root = kaggle_input_root()
+    for candidate in (root / slug, root / "competitions" / slug):
+        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
+            return candidate
+    for train in sorted(root.glob("**/train")):
+        if (train.parent / "test").is_dir():
+            return train.parent
+    return None
+
+
+def default_raw():
+    if in_kaggle_notebook():
+        found = find_competition_input()
+        if found is not None:
+            return found
+    return Path("raw")
+
+
+def default_workdir():
+    return kaggle_working_root() if in_kaggle_notebook() else Path("work")
+
+
+# ---------------------------------------------------------------- command line
+
+def parser(description):
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--raw", type=Path, default=default_raw(), help="competition files")
+    p.add_argument("--workdir", type=Path, default=default_workdir(), help="arrays, models, outputs")
+    p.add_argument("-v", "--verbose", action="store_true", help="framework logs and tracebacks")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    return p
+
+
+def setup_logging(args):
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout)
+    if not args.verbose:
+        import warnings
+        warnings.filterwarnings("ignore")
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def run(main):
+    """Run a script's main(): user errors become one line and exit code 2."""
+    try:
+        sys.exit(main())
+    except UserError as e:
+        if VERBOSE:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def progress(iterable=None, quiet=False, **kwargs):
+    from tqdm.auto import tqdm
+    return tqdm(iterable, disable=quiet, dynamic_ncols=True, **kwargs)
+
+
+# ---------------------------------------------------------------- safe writes
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_npy(path, array):
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
+
+
+def load_npy(path, what, fix, mmap=False):
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} not found: {fix}")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path} is not a readable {what} ({e}): {fix}") from None
+
+
+# ---------------------------------------------------------------- images
+
+INTERPOLATION = {"area": 3, "linear": 1, "nearest": 0}   # cv2.INTER_AREA, INTER_LINEAR, INTER_NEAREST
+
+
+def resize_stack(images, size, interpolation, out=None):
+    """Resize a stack of 2-D images to size (H, W), in parallel threads (OpenCV drops the GIL)."""
+    import cv2
+    from concurrent.futures import ThreadPoolExecutor
+    h, w = size
+    if out is None:
+        out = np.empty((len(images), h, w), images.dtype)
+
+    def one(i):
+        out[i] = cv2.resize(np.asarray(images[i]), (w, h), interpolation=INTERPOLATION[interpolation])
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(one, range(len(images))))
+    return out
+
+
+# ---------------------------------------------------------------- the metric
+
+def dice_per_image(pred, truth):
+    """The competition's Dice for each image of a batch; 1 where both masks are empty."""
+    pred = np.asarray(pred, bool).reshape(len(pred), -1)
+    truth = np.asarray(truth, bool).reshape(len(truth), -1)
+    inter = np.count_nonzero(pred & truth, axis=1)
+    total = np.count_nonzero(pred, axis=1) + np.count_nonzero(truth, axis=1)
+    return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
+
+
+def mean_dice(pred, truth):
+    return float(dice_per_image(pred, truth).mean()) if len(pred) else float("nan")

@@ -1,0 +1,160 @@
+"""The U-Net, its losses, its metric and its augmentation: change the model here, and only here."""
+
+import common
+
+tf = common.import_tensorflow()  # before Keras: hides TensorFlow's start-up noise
+import keras
+from keras import layers, ops
+
+SMOOTH = 1.0
+
+
+# ---------------------------------------------------------------- the network
+
+def conv_block(x, filters, batchnorm):
+    for _ in range(2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batchnorm)(x)
+        if batchnorm:
+            x = layers.BatchNormalization(momentum=0.9)(x)   # 0.99 lags on small datasets
+        x = layers.Activation("relu")(x)
+    return x
+
+
+def build_unet(image_size, channels=1, classes=1, width=16, depth=4, dropout=0.1,
+               batchnorm=True, mean=0.0, std=1.0):
+    """U-Net taking raw pixel values: the normalisation statistics live inside the model."""
+    inputs = keras.Input((*image_size, channels))
+    x = layers.Normalization(mean=mean, variance=std ** 2)(inputs)
+    skips = []
+    for level in range(depth):
+        x = conv_block(x, width * 2 ** level, batchnorm)
+        skips.append(x)
+        x = layers.MaxPooling2D()(x)
+    x = conv_block(x, width * 2 ** depth, batchnorm)
+    if dropout:
+        x = layers.SpatialDropout2D(dropout)(x)
+    for level in reversed(range(depth)):
+        x = layers.Conv2DTranspose(width * 2 ** level, 2, strides=2, padding="same")(x)
+        x = layers.Concatenate()([x, skips[level]])
+        x = conv_block(x, width * 2 ** level, batchnorm)
+    # The last layer stays float32 under mixed precision so that the loss is computed in float32.
+    activation = "sigmoid" if classes == 1 else "softmax"
+    outputs = layers.Conv2D(classes, 1, activation=activation, dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="unet")
+
+
+# ---------------------------------------------------------------- losses
+# Overlap losses are taken over the whole batch, as in the 2017 tutorial: per-image
+# versions are undefined on the many empty frames.
+
+def overlaps(y_true, y_pred):
+    y_true = ops.cast(y_true, "float32")
+    y_pred = ops.cast(y_pred, "float32")
+    tp = ops.sum(y_true * y_pred)
+    return tp, ops.sum(y_pred) - tp, ops.sum(y_true) - tp
+
+
+def dice_loss(y_true, y_pred):
+    tp, fp, fn = overlaps(y_true, y_pred)
+    return 1 - (2 * tp + SMOOTH) / (2 * tp + fp + fn + SMOOTH)
+
+
+def jaccard_loss(y_true, y_pred):
+    tp, fp, fn = overlaps(y_true, y_pred)
+    return 1 - (tp + SMOOTH) / (tp + fp + fn + SMOOTH)
+
+
+def tversky_index(y_true, y_pred, alpha=0.7):
+    """alpha > 0.5 weighs missed nerve pixels above false alarms."""
+    tp, fp, fn = overlaps(y_true, y_pred)
+    return (tp + SMOOTH) / (tp + alpha * fn + (1 - alpha) * fp + SMOOTH)
+
+
+def tversky_loss(y_true, y_pred):
+    return 1 - tversky_index(y_true, y_pred)
+
+
+def focal_tversky_loss(y_true, y_pred, gamma=0.75):
+    return ops.power(1 - tversky_index(y_true, y_pred), gamma)
+
+
+def bce_loss(y_true, y_pred):
+    return ops.mean(keras.losses.binary_crossentropy(ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")))
+
+
+def bce_dice_loss(y_true, y_pred):
+    return bce_loss(y_true, y_pred) + dice_loss(y_true, y_pred)
+
+
+LOSSES = {"dice": dice_loss, "bce": bce_loss, "bce_dice": bce_dice_loss, "jaccard": jaccard_loss,
+          "tversky": tversky_loss, "focal_tversky": focal_tversky_loss}
+
+
+# ---------------------------------------------------------------- the metric
+
+class DiceScore(keras.metrics.Metric):
+    """The competition's score: mean over images of hard Dice, 1 where both masks are empty."""
+
+    def __init__(self, threshold=0.5, name="dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.threshold = threshold
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        axes = tuple(range(1, len(y_pred.shape)))
+        truth = ops.cast(y_true > 0.5, "float32")
+        pred = ops.cast(ops.cast(y_pred, "float32") > self.threshold, "float32")
+        inter = ops.sum(truth * pred, axis=axes)
+        total = ops.sum(truth, axis=axes) + ops.sum(pred, axis=axes)
+        dice = ops.where(total == 0, 1.0, 2 * inter / ops.maximum(total, 1.0))
+        self.total.assign_add(ops.sum(dice))
+        self.count.assign_add(ops.cast(ops.shape(dice)[0], "float32"))
+
+    def result(self):
+        return self.total / ops.maximum(self.count, 1.0)
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+# ---------------------------------------------------------------- augmentation
+
+def augmentation_layers(seed):
+    """Geometric changes applied to image and mask together (masks use nearest interpolation)."""
+    # float32 whatever the global precision: these run in the input pipeline, not the model.
+    return [
+        layers.RandomFlip("horizontal", seed=seed, dtype="float32"),
+        layers.RandomRotation(0.03, fill_mode="reflect", seed=seed + 1, dtype="float32"),
+        layers.RandomTranslation(0.08, 0.08, fill_mode="reflect", seed=seed + 2, dtype="float32"),
+        layers.RandomZoom(0.12, fill_mode="reflect", seed=seed + 3, dtype="float32"),
+    ]
+
+
+def photometric(images, seed):
+    """Brightness, contrast, gamma and multiplicative speckle noise, on the image only (0..255)."""
+    n = tf.shape(images)[0]
+    draws = tf.random.stateless_uniform((4, n, 1, 1, 1), seed, -1, 1)
+    x = images / 255.0
+    x = tf.pow(tf.clip_by_value(x, 0, 1), tf.exp(0.25 * draws[0]))
+    mean = tf.reduce_mean(x, axis=(1, 2, 3), keepdims=True)
+    x = (x - mean) * (1 + 0.2 * draws[1]) + mean + 0.08 * draws[2]
+    noise = tf.random.stateless_normal(tf.shape(x), seed + 1) * 0.08 * (draws[3] + 1) / 2
+    return tf.clip_by_value(x * (1 + noise), 0, 1) * 255.0
+
+
+def make_augmenter(seed):
+    geometric = augmentation_layers(seed)
+
+    def augment(step, images, masks):
+        data = {"images": images, "segmentation_masks": masks}
+        for layer in geometric:
+            data = layer(data, training=True)
+        images = photometric(data["images"], tf.stack([tf.cast(step, tf.int32), seed]))
+        return images, data["segmentation_masks"]
+
+    return augment

@@ -1,0 +1,160 @@
+"""Run-length encode the final test masks into submission.csv (and submit it to Kaggle).
+
+    python submission.py                      # work/imgs_mask_test.npy -> work/submission.csv
+    python submission.py --submit -m "unet"   # ... then upload it and print the public score
+    python submission.py --scores             # list recent submissions with their scores
+
+The masks are encoded exactly as predict.py wrote them: no threshold or clean-up here.
+Encoding: pairs of 1-indexed start and run length, pixels numbered top to bottom, then
+left to right (column-major); an empty field for an empty mask.
+"""
+
+import re
+
+import numpy as np
+
+import common
+from common import UserError, log
+
+HEADER = "img,pixels"
+
+
+def get_args():
+    p = common.parser(__doc__.split("\n")[0])
+    p.add_argument("--output", help="CSV to write (default: <workdir>/submission.csv)")
+    p.add_argument("--truth", help="folder of <id>_mask.tif answers: print the CSV's local score")
+    p.add_argument("--submit", action="store_true", help="validate and upload the CSV to Kaggle")
+    p.add_argument("-m", "--message", default="U-Net starter kit", help="submission description")
+    p.add_argument("--scores", action="store_true", help="list recent submissions and exit")
+    p.add_argument("--competition", default=common.COMPETITION, help="Kaggle competition slug")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the score")
+    return p.parse_args()
+
+
+# ---------------------------------------------------------------- run-length encoding
+
+def rle_encode(mask):
+    """'start length start length ...' of a 2-D binary mask, column-major, 1-indexed."""
+    pixels = np.concatenate([[0], np.asarray(mask).ravel(order="F") > 0, [0]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(pixels)) + 1
+    edges[1::2] -= edges[::2]
+    return " ".join(map(str, edges))
+
+
+def rle_decode(text, shape):
+    """The mask that rle_encode() turned into `text`; ValueError if the runs are malformed."""
+    h, w = shape
+    numbers = text.split()
+    if not all(n.isdigit() for n in numbers):
+        raise ValueError("runs must be positive integers")
+    runs = np.array(numbers, dtype=np.int64).reshape(-1, 2) if len(numbers) % 2 == 0 else None
+    if runs is None:
+        raise ValueError("runs must come in start/length pairs")
+    starts, lengths = runs[:, 0] - 1, runs[:, 1]
+    ends = starts + lengths
+    if (starts < 0).any() or (lengths < 1).any() or (ends > h * w).any():
+        raise ValueError(f"a run lies outside the {w}x{h} image or is empty")
+    if (starts[1:] <= ends[:-1]).any():
+        raise ValueError("runs must be sorted and separated")
+    flat = np.zeros(h * w + 1, np.int8)
+    np.add.at(flat, starts, 1)
+    np.add.at(flat, ends, -1)
+    return (np.cumsum(flat[:-1]) > 0).astype(np.uint8).reshape((w, h)).T
+
+
+# ---------------------------------------------------------------- the CSV
+
+def write_submission(path, masks, ids, quiet):
+    order = np.argsort(ids, kind="stable")
+    with common.atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(HEADER + "\n")
+        for i in common.progress(order, quiet, desc="encode"):
+            f.write(f"{ids[i]},{rle_encode(masks[i])}\n")
+
+
+def read_submission(path, shape, expected_ids=None):
+    """{id: run string}, with every problem raised as a UserError naming the line."""
+    rows = {}
+    with open(path) as f:
+        if f.readline().strip() != HEADER:
+            raise UserError(f"{path}: the first line must be '{HEADER}'")
+        for n, line in enumerate(f, start=2):
+            match = re.fullmatch(r"(\d+),([\d ]*)", line.rstrip("\r\n"))
+            if not match:
+                raise UserError(f"{path}:{n}: expected '<id>,<runs>', got {line.strip()[:60]!r}")
+            i = int(match.group(1))
+            if i in rows:
+                raise UserError(f"{path}:{n}: id {i} appears twice")
+            try:
+                rle_decode(match.group(2), shape)
+            except ValueError as e:
+                raise UserError(f"{path}:{n}: id {i}: {e}") from None
+            rows[i] = match.group(2).strip()
+    if expected_ids is not None and set(rows) != set(int(i) for i in expected_ids):
+        missing = sorted(set(int(i) for i in expected_ids) - set(rows))[:5]
+        extra = sorted(set(rows) - set(int(i) for i in expected_ids))[:5]
+        raise UserError(f"{path}: ids differ from the test set (missing {missing}, unexpected {extra}): "
+                        f"run `python predict.py` and `python submission.py` again")
+    return rows
+
+
+def sample_ids(raw):
+    path = raw / "sample_submission.csv"
+    if not path.exists():
+        return None
+    import pandas as pd
+    return pd.read_csv(path)["img"].to_numpy()
+
+
+def local_score(rows, truth_dir, shape):
+    import cv2
+    scores = []
+    for i, runs in rows.items():
+        truth_path = common.Path(truth_dir) / f"{i}_mask.tif"
+        truth = cv2.imread(str(truth_path), cv2.IMREAD_GRAYSCALE)
+        if truth is None:
+            raise UserError(f"{truth_path} not found or unreadable: --truth needs <id>_mask.tif for every test id")
+        scores.append(common.dice_per_image(rle_decode(runs, shape)[None], truth[None] > 0)[0])
+    return float(np.mean(scores))
+
+
+# ---------------------------------------------------------------- main
+
+def print_scores(competition):
+    import kaggle_io
+    for s in kaggle_io.submissions(competition):
+        print(f"{s['date']}  {s['status']:<10} {s['public_score'] or '':>8}  {s['description']}")
+
+
+def main():
+    args = get_args()
+    common.setup_logging(args)
+    if args.scores:
+        return print_scores(args.competition)
+    work = args.workdir
+    output = common.Path(args.output) if args.output else work / "submission.csv"
+    fix = "run `python data.py` and `python predict.py` first"
+    ids = common.load_npy(work / "imgs_id_test.npy", "test id array", fix)
+    masks = common.load_npy(work / "imgs_mask_test.npy", "mask array", fix, mmap=True)
+    if masks.ndim != 3 or len(masks) != len(ids) or masks.dtype != np.uint8 or masks[:16].max(initial=0) > 1:
+        raise UserError(f"{work}/imgs_mask_test.npy (shape {masks.shape}, {masks.dtype}) does not match "
+                        f"the {len(ids)} test ids as binary masks: run `python predict.py` again")
+    expected = sample_ids(args.raw)
+    if expected is not None and set(expected.tolist()) != set(ids.tolist()):
+        raise UserError(f"the test ids in {work} differ from {args.raw}/sample_submission.csv: "
+                        f"run `python data.py` again on the full test set")
+
+    write_submission(output, masks, ids, args.quiet)
+    rows = read_submission(output, masks.shape[1:], ids)
+    empty = sum(1 for r in rows.values() if not r)
+    log.info(f"{len(rows)} rows ({empty} empty) -> {output}")
+    if args.truth:
+        print(f"local score (mean Dice): {local_score(rows, args.truth, masks.shape[1:]):.4f}")
+    if args.submit:
+        import kaggle_io
+        score = kaggle_io.submit(args.competition, output, args.message, timeout=args.timeout, quiet=args.quiet)
+        print(f"public score: {score}")
+
+
+if __name__ == "__main__":
+    common.run(main)

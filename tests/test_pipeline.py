@@ -1,0 +1,41 @@
+"""The four scripts one after another on a tiny demo competition."""
+
+import json
+
+import numpy as np
+
+from conftest import run_script
+from submission import read_submission, rle_decode
+
+
+def test_demo_pipeline_end_to_end(demo):
+    raw, work = demo
+    result = run_script("train.py", "--raw", raw, "--workdir", work, "--epochs", 4, "--folds", 3,
+                        "--width", 8, "--depth", 2, "--image-size", 48, 64, "--batch-size", 8)
+    assert "validation Dice" in result.stdout
+    assert "Traceback" not in result.stderr and "I0000" not in result.stderr   # no framework noise
+    config = json.loads((work / "model" / "config.json").read_text())
+    assert config["folds"] == ["fold0.keras"] and 0 < config["threshold"] < 1
+    assert (work / "model" / "history_fold0.csv").read_text().count("\n") >= 2
+
+    run_script("predict.py", "--raw", raw, "--workdir", work, "-q")
+    masks = np.load(work / "imgs_mask_test.npy")
+    images = np.load(work / "imgs_test.npy")
+    assert masks.shape == images.shape and masks.dtype == np.uint8 and masks.max() <= 1
+    assert len(list((work / "preview").glob("*.png"))) == min(8, len(images))
+
+    result = run_script("submission.py", "--raw", raw, "--workdir", work, "--truth", raw / "test_masks")
+    ids = np.load(work / "imgs_id_test.npy")
+    rows = read_submission(work / "submission.csv", masks.shape[1:], ids)
+    for i, mask in zip(ids, masks):
+        assert np.array_equal(rle_decode(rows[int(i)], mask.shape), mask)
+    score = float(result.stdout.split("local score (mean Dice):")[1].split()[0])
+    assert 0 <= score <= 1
+
+
+def test_tutorial_preset_is_the_2017_recipe(demo):
+    import train
+    args = train.get_args(["--preset", "tutorial", "--epochs", "1"])
+    assert args.image_size == [96, 96] and args.width == 32 and args.depth == 4
+    assert (args.loss, args.lr, args.batch_size, args.batchnorm, args.augment) == ("dice", 1e-5, 32, False, False)
+    assert args.epochs == 1                                        # explicit flags win over the preset

@@ -1,0 +1,325 @@
+"""Train the U-Net on work/imgs_train.npy and save everything predict.py needs.
+
+    python train.py                       # the kit's defaults, fold 0 of 5
+    python train.py --fold all            # every fold: an ensemble, tuned on out-of-fold predictions
+    python train.py --preset tutorial     # the 2017 Keras tutorial, exactly
+
+Writes into --workdir/model/: fold<i>.keras, config.json (threshold, minimum area, ...),
+history_fold<i>.csv, and backup_fold<i>/ while a fold is running (for --resume).
+"""
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import common
+
+tf = common.import_tensorflow()  # before Keras: hides TensorFlow's start-up noise
+import keras
+import numpy as np
+
+import model as unet
+import predict
+from common import UserError, log
+
+PRESETS = {
+    # The 2017 Keras tutorial: 96x96 squashed input, filters 32..512, transposed convolutions,
+    # no batch normalisation or dropout, loss -Dice (smooth 1), Adam 1e-5, batch 32, 20 epochs.
+    "tutorial": dict(image_size=[96, 96], width=32, depth=4, batchnorm=False, dropout=0.0, loss="dice",
+                     lr=1e-5, batch_size=32, epochs=20, augment=False, schedule="constant",
+                     tune=False, tta=False),
+}
+
+
+def get_args(argv=None):
+    p = common.parser(__doc__.split("\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe; explicit flags still win")
+    p.add_argument("--epochs", type=int, default=60, help="most epochs per fold")
+    p.add_argument("--batch-size", type=int, default=16, help="global batch size")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam")
+    p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
+                   help="learning-rate schedule over the planned epochs")
+    p.add_argument("--loss", choices=["bce_dice", "dice", "bce", "jaccard", "tversky", "focal_tversky"],
+                   default="bce_dice", help="training loss")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="working size (default: chosen from the masks and the time limit)")
+    p.add_argument("--width", type=int, default=16, help="filters of the first level (doubling per level)")
+    p.add_argument("--depth", type=int, default=4, help="number of down-sampling levels")
+    p.add_argument("--dropout", type=float, default=0.1, help="spatial dropout at the bottleneck")
+    p.add_argument("--no-batchnorm", dest="batchnorm", action="store_false", help="plain convolutions")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="train on the images as they are")
+    p.add_argument("--no-tune", dest="tune", action="store_false",
+                   help="keep threshold 0.5 and no minimum area instead of tuning them out-of-fold")
+    p.add_argument("--no-tta", dest="tta", action="store_false", help="no flip test-time augmentation")
+    p.add_argument("--folds", type=int, default=5, help="subject-grouped folds")
+    p.add_argument("--fold", default="0", help="fold to train, or 'all' for an ensemble")
+    p.add_argument("--patience", type=int, default=15, help="epochs without validation gain before stopping")
+    p.add_argument("--time-limit", type=float, default=0, help="seconds for the whole run; 0: none")
+    p.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+                   default="auto", help="bf16 where the hardware has it, float16 on older GPUs")
+    p.add_argument("--gpus", type=int, default=0, help="train on this many GPUs with MirroredStrategy")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+    p.add_argument("--seed", type=int, default=42, help="random seed")
+    p.set_defaults(batchnorm=True, augment=True, tune=True, tta=True)
+    args = p.parse_args(argv)
+    if args.preset:
+        explicit = {a.dest for a in p._actions if any(opt in (argv or sys.argv[1:]) for opt in a.option_strings)}
+        for key, value in PRESETS[args.preset].items():
+            if key not in explicit:
+                setattr(args, key, value)
+    return args
+
+
+# ---------------------------------------------------------------- hardware
+
+def cpu_has_bf16():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def choose_precision(requested):
+    if requested != "auto":
+        return requested
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        major, _ = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+        return "mixed_bfloat16" if major >= 8 else "mixed_float16" if major >= 7 else "float32"
+    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+
+
+def distribution(gpus):
+    if gpus <= 1:
+        return tf.distribute.get_strategy()
+    devices = tf.config.list_logical_devices("GPU")[:gpus] or tf.config.list_logical_devices("CPU")[:gpus]
+    if len(devices) < gpus:
+        raise UserError(f"--gpus {gpus} asked for, {len(devices)} found: lower --gpus")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+# ---------------------------------------------------------------- data
+
+def load_training_set(work):
+    fix = "run `python data.py` first"
+    images = common.load_npy(work / "imgs_train.npy", "image array", fix, mmap=True)
+    masks = common.load_npy(work / "imgs_mask_train.npy", "mask array", fix, mmap=True)
+    subjects = common.load_npy(work / "imgs_subject_train.npy", "subject array", fix)
+    if images.shape[:3] != masks.shape[:3] or len(subjects) != len(images):
+        raise UserError(f"the arrays in {work} do not match ({images.shape}, {masks.shape}, "
+                        f"{subjects.shape}): run `python data.py` again")
+    if images.dtype != np.uint8 or masks.dtype != np.uint8:
+        raise UserError(f"the arrays in {work} are not uint8: run `python data.py` again")
+    return images, masks, subjects
+
+
+def choose_image_size(masks, time_limit, depth):
+    """Working size from the objects' size: the smallest scale that keeps a typical object
+    about 24 pixels across, never above 256 pixels on the long side (or 160 on a tight budget)."""
+    h, w = masks.shape[1:3]
+    sample = masks[:: max(1, len(masks) // 500)]
+    areas = sample.reshape(len(sample), -1).sum(1)
+    areas = areas[areas > 0]
+    diameter = 2 * math.sqrt(np.median(areas) / math.pi) if len(areas) else min(h, w)
+    scale = min(1.0, 24 / diameter)
+    longest = 160 if 0 < time_limit <= 1200 else 256
+    scale = min(max(scale, 64 / min(h, w)), longest / max(h, w))
+    step = 2 ** depth
+    return [max(step, round(h * scale / step) * step), max(step, round(w * scale / step) * step)]
+
+
+def subject_folds(subjects, k, seed):
+    """Fold index of every frame; frames of one subject always share a fold."""
+    unique, counts = np.unique(subjects, return_counts=True)
+    if len(unique) < k:
+        raise UserError(f"{len(unique)} subjects cannot make {k} subject-grouped folds: "
+                        f"use --folds {max(2, len(unique))} or fewer")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(unique))
+    sizes = np.zeros(k)
+    fold_of = {}
+    for i in sorted(order, key=lambda i: -counts[i]):   # largest subjects first: balanced folds
+        fold = int(np.argmin(sizes))
+        fold_of[unique[i]] = fold
+        sizes[fold] += counts[i]
+    return np.array([fold_of[s] for s in subjects])
+
+
+def dataset(images, masks, batch_size, augment, seed):
+    ds = tf.data.Dataset.from_tensor_slices((images[..., None], masks[..., None]))
+    if augment:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=augment and len(images) >= batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.cast(y, tf.float32)))
+    if augment:
+        augmenter = unet.make_augmenter(seed)
+        ds = ds.enumerate().map(lambda i, xy: augmenter(i, *xy), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------- callbacks
+
+class StopOnDeadlineOrSignal(keras.callbacks.Callback):
+    """Stops after the current step when the time budget is spent or on SIGINT/SIGTERM."""
+
+    def __init__(self, deadline):
+        super().__init__()
+        self.deadline, self.signalled = deadline, False
+
+    def on_train_begin(self, logs=None):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.request)
+
+    def request(self, signum, frame):
+        log.warning("stopping after this step (interrupt again to abort)")
+        self.signalled = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.signalled or (self.deadline and time.time() > self.deadline):
+            self.model.stop_training = True
+
+
+class PlanEpochs(keras.callbacks.Callback):
+    """Times the first epoch and shortens the schedule to fit the time limit."""
+
+    def __init__(self, args, deadline):
+        super().__init__()
+        self.args, self.deadline, self.planned = args, deadline, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.planned:
+            left = max(0.0, self.deadline - time.time()) if self.deadline else 0
+            fits = epoch + 1 + int(left / (time.time() - self.started)) if self.deadline else self.args.epochs
+            self.args.planned_epochs = max(1, min(self.args.epochs, fits))
+            self.planned = True
+            log.debug(f"planned {self.args.planned_epochs} epochs")
+        if logs is not None:
+            logs["planned_epochs"] = self.args.planned_epochs
+
+
+def lr_schedule(args):
+    def schedule(epoch, lr):
+        if args.schedule == "constant":
+            return args.lr
+        warmup = 2
+        if epoch < warmup:
+            return args.lr * (epoch + 1) / warmup
+        progress = min(1.0, (epoch - warmup) / max(1, args.planned_epochs - warmup))
+        return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return schedule
+
+
+# ---------------------------------------------------------------- one fold
+
+def train_fold(args, fold, x_train, y_train, x_val, y_val, mean, std, deadline, strategy):
+    model_dir = args.workdir / "model"
+    backup = model_dir / f"backup_fold{fold}"
+    if backup.exists() and not args.resume:
+        import shutil
+        shutil.rmtree(backup)
+    with strategy.scope():
+        model = unet.build_unet(x_train.shape[1:3], 1, 1, args.width, args.depth, args.dropout,
+                                args.batchnorm, mean, std)
+        model.compile(keras.optimizers.Adam(args.lr), unet.LOSSES[args.loss], metrics=[unet.DiceScore()])
+    train_ds = dataset(x_train, y_train, args.batch_size, args.augment, args.seed + fold)
+    val_ds = dataset(x_val, y_val, args.batch_size * 2, False, 0)
+
+    best_path = model_dir / f"best_fold{fold}.weights.h5"
+    history = model_dir / f"history_fold{fold}.csv"
+    args.planned_epochs = args.epochs
+    planner = PlanEpochs(args, deadline)
+    checkpoint = keras.callbacks.ModelCheckpoint(best_path, monitor="val_dice", mode="max",
+                                                 save_best_only=True, save_weights_only=True)
+    if args.resume and history.exists():
+        import pandas as pd
+        done = pd.read_csv(history)
+        if len(done):
+            checkpoint.best = float(done["val_dice"].max())
+            args.planned_epochs = int(done["planned_epochs"].iloc[-1])
+            planner.planned = True
+    callbacks = [
+        keras.callbacks.BackupAndRestore(backup),
+        planner,
+        keras.callbacks.LearningRateScheduler(lr_schedule(args)),
+        checkpoint,
+        keras.callbacks.EarlyStopping("val_dice", mode="max", patience=args.patience),
+        keras.callbacks.CSVLogger(history, append=args.resume),
+        StopOnDeadlineOrSignal(deadline),
+    ]
+    verbose = 0 if args.quiet else 1 if sys.stdout.isatty() else 2
+    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, callbacks=callbacks, verbose=verbose)
+    if best_path.exists():
+        model.load_weights(best_path)
+    return model
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    args = get_args()
+    common.setup_logging(args)
+    started = time.time()
+    deadline = started + args.time_limit if args.time_limit else 0
+
+    keras.utils.set_random_seed(args.seed)
+    precision = choose_precision(args.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    if args.gpus > 1 and not tf.config.list_physical_devices("GPU"):
+        tf.config.set_logical_device_configuration(
+            tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * args.gpus)
+    strategy = distribution(args.gpus)
+
+    images, masks, subjects = load_training_set(args.workdir)
+    size = args.image_size or choose_image_size(masks, args.time_limit, args.depth)
+    if size[0] % 2 ** args.depth or size[1] % 2 ** args.depth:
+        raise UserError(f"--image-size {size[0]} {size[1]} must be a multiple of {2 ** args.depth} (2^depth)")
+    log.info(f"{len(images)} images {images.shape[2]}x{images.shape[1]} -> working size {size[1]}x{size[0]}, "
+             f"{precision}, loss {args.loss}, {strategy.num_replicas_in_sync} replica(s)")
+    x = common.resize_stack(images, size, "area")
+    y = common.resize_stack(masks, size, "area")   # area-averaging 0/1 then rounding: majority vote
+    mean, std = float(x.mean()), float(x.std()) or 1.0
+
+    folds = subject_folds(subjects, args.folds, args.seed)
+    todo = range(args.folds) if args.fold == "all" else [int(args.fold)]
+    model_dir = args.workdir / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    probs_oof, val_index = [], []
+    for n, fold in enumerate(todo):
+        fold_deadline = started + args.time_limit * (n + 1) / len(todo) if args.time_limit else 0
+        train, val = folds != fold, folds == fold
+        log.info(f"fold {fold}: {train.sum()} training, {val.sum()} validation frames "
+                 f"(subjects {sorted(set(subjects[val].tolist()))})")
+        model = train_fold(args, fold, x[train], y[train], x[val], y[val], mean, std, fold_deadline, strategy)
+        with common.atomic_path(model_dir / f"fold{fold}.keras") as tmp:
+            model.save(tmp)
+        probs_oof.append(predict.probabilities([model], images[val], args.batch_size * 4, args.tta, args.quiet))
+        val_index.append(np.flatnonzero(val))
+
+    probs = np.concatenate(probs_oof)
+    index = np.concatenate(val_index)
+    threshold, min_area = 0.5, 0
+    if args.tune:
+        pixel_area = images.shape[1] * images.shape[2] / (size[0] * size[1])
+        threshold, min_area = predict.tune_postprocessing(probs, y[index], pixel_area)
+    truth = masks[index]
+    score = common.mean_dice(predict.final_masks(probs, truth.shape[1:], threshold, min_area), truth)
+    config = {"folds": [f"fold{f}.keras" for f in todo], "threshold": threshold, "min_area": min_area,
+              "tta": args.tta, "classes": 1, "validation_dice": score, "precision": precision,
+              "settings": {k: v for k, v in vars(args).items() if k not in ("raw", "workdir")}}
+    with common.atomic_path(model_dir / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2, default=str))
+    log.info(f"validation Dice {score:.4f} (threshold {threshold:.2f}, minimum area {min_area} px) "
+             f"in {time.time() - started:.0f} s -> {model_dir}")
+
+
+if __name__ == "__main__":
+    common.run(main)
