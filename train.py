@@ -137,8 +137,10 @@ def subject_folds(subjects, k, seed):
     """Fold index of every frame; frames of one subject always share a fold."""
     unique, counts = np.unique(subjects, return_counts=True)
     if len(unique) < k:
-        raise UserError(f"{len(unique)} subjects cannot make {k} subject-grouped folds: "
-                        f"use --folds {max(2, len(unique))} or fewer")
+        # Consecutive frames are near-duplicates: contiguous blocks are the next best split.
+        log.warning(f"{len(unique)} subject(s) cannot make {k} subject-grouped folds: "
+                    f"validating on blocks of consecutive frames instead")
+        return np.arange(len(subjects)) * k // len(subjects)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(unique))
     sizes = np.zeros(k)
@@ -186,24 +188,27 @@ class StopOnDeadlineOrSignal(keras.callbacks.Callback):
 
 
 class PlanEpochs(keras.callbacks.Callback):
-    """Times the first epoch and shortens the schedule to fit the time limit."""
+    """Fits the schedule into the time limit: times the second epoch (the first also
+    compiles), plans how many epochs remain, and stops when the plan is done."""
 
     def __init__(self, args, deadline):
         super().__init__()
-        self.args, self.deadline, self.planned = args, deadline, False
+        self.args, self.deadline, self.planned = args, deadline, not deadline
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.planned:
-            left = max(0.0, self.deadline - time.time()) if self.deadline else 0
-            fits = epoch + 1 + int(left / (time.time() - self.started)) if self.deadline else self.args.epochs
-            self.args.planned_epochs = max(1, min(self.args.epochs, fits))
+        if not self.planned and epoch >= 1:
+            left = max(0.0, self.deadline - time.time())
+            fits = epoch + 1 + int(left / (time.time() - self.started))
+            self.args.planned_epochs = max(epoch + 1, min(self.args.epochs, fits))
             self.planned = True
             log.debug(f"planned {self.args.planned_epochs} epochs")
         if logs is not None:
             logs["planned_epochs"] = self.args.planned_epochs
+        if epoch + 1 >= self.args.planned_epochs:
+            self.model.stop_training = True
 
 
 def lr_schedule(args):

@@ -1,0 +1,127 @@
+"""Quality benchmark: the kit's defaults against the 2017 tutorial, same time budget, real data.
+
+    python bench_quality.py                   # 10-minute training budget per run
+    python bench_quality.py --budget 120      # quicker look
+
+For each data set in --data (see its README.md) it writes the competition's arrays into
+work/bench_quality/<set>/<recipe>/, runs train.py and predict.py as a user would, and
+scores the final masks of held-out images with the competition's metric:
+  nerve-kaggle-sample  train on subject 1, score on subject 2
+  usgra-nerve          train on images/, score on test/ (binary task: nerve = label 1)
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+import common
+
+RECIPES = {"tutorial": ["--preset", "tutorial"], "kit defaults": []}
+
+
+def get_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder of the real data sets")
+    p.add_argument("--workdir", type=Path, default=Path("work/bench_quality"), help="runs go here")
+    p.add_argument("--budget", type=float, default=600, help="training seconds per run")
+    p.add_argument("--sets", nargs="+", default=["nerve-kaggle-sample", "usgra-nerve"], help="data sets")
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="recipes")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags added to the kit's train.py")
+    return p.parse_args()
+
+
+# ---------------------------------------------------------------- data sets as competition arrays
+
+def read_gray(path):
+    return np.asarray(Image.open(path).convert("L"))
+
+
+def nerve_kaggle_sample(root):
+    """Subject 1 trains, subject 2 is held out (frames of one subject never cross)."""
+    def subject(s):
+        masks = sorted(root.glob(f"train/{s}_*_mask.tif"), key=lambda p: int(p.stem.split("_")[1]))
+        pairs = [(m.with_name(m.name.replace("_mask", "")), m) for m in masks]
+        pairs = [(i, m) for i, m in pairs if i.exists()]
+        return (np.stack([read_gray(i) for i, _ in pairs]),
+                np.stack([(read_gray(m) > 0).astype(np.uint8) for _, m in pairs]))
+    (x, y), (tx, ty) = subject(1), subject(2)
+    # One subject only: train.py splits its consecutive frames into blocks for validation.
+    return x, y, np.ones(len(x), np.int32), tx, ty
+
+
+def usgra_nerve(root):
+    """images/ train, test/ scores; mixed sizes are brought to the most common one (512x534)."""
+    def load(images, masks):
+        pairs = [(p, masks / p.name) for p in sorted(images.glob("*.png"))]
+        x = [cv2.resize(read_gray(i), (534, 512), interpolation=cv2.INTER_AREA) for i, _ in pairs]
+        y = [cv2.resize((np.asarray(Image.open(m)) == 1).astype(np.uint8), (534, 512),
+                        interpolation=cv2.INTER_NEAREST) for _, m in pairs]
+        return np.stack(x), np.stack(y)
+    x, y = load(root / "images", root / "masks")
+    tx, ty = load(root / "test" / "images", root / "test" / "masks")
+    return x, y, np.arange(len(x), dtype=np.int32), tx, ty
+
+
+LOADERS = {"nerve-kaggle-sample": nerve_kaggle_sample, "usgra-nerve": usgra_nerve}
+
+
+def write_arrays(work, x, y, subjects, tx):
+    work.mkdir(parents=True, exist_ok=True)
+    for name, array in [("imgs_train", x), ("imgs_mask_train", y), ("imgs_subject_train", subjects),
+                        ("imgs_test", tx), ("imgs_id_test", np.arange(1, len(tx) + 1, dtype=np.int32))]:
+        common.save_npy(work / f"{name}.npy", array)
+
+
+# ---------------------------------------------------------------- runs
+
+def run(script, work, *flags):
+    command = [sys.executable, script, "--workdir", str(work), "-q", *flags]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+
+def bench(name, recipe, data, args):
+    x, y, subjects, tx, ty = data
+    work = args.workdir / name / recipe.replace(" ", "_")
+    write_arrays(work, x, y, subjects, tx)
+    flags = RECIPES[recipe] + (args.extra if recipe == "kit defaults" else [])
+    started = time.time()
+    run("train.py", work, "--time-limit", str(args.budget), *flags)
+    trained = time.time() - started
+    run("predict.py", work)
+    masks = np.load(work / "imgs_mask_test.npy")
+    return common.mean_dice(masks, ty), trained, time.time() - started
+
+
+def main():
+    args = get_args()
+    rows = []
+    for name in args.sets:
+        root = args.data / name
+        if not root.is_dir():
+            print(f"skipping {name}: {root} not found")
+            continue
+        data = LOADERS[name](root)
+        empty = (data[4].reshape(len(data[4]), -1).max(1) == 0).mean()
+        print(f"{name}: {len(data[0])} training, {len(data[3])} held-out images "
+              f"{data[0].shape[2]}x{data[0].shape[1]} ({empty:.0%} of held-out frames empty)")
+        for recipe in args.recipes:
+            dice, trained, total = bench(name, recipe, data, args)
+            rows.append((name, recipe, dice, trained, total))
+            print(f"  {recipe:<13} mean Dice {dice:.3f}  train {trained:4.0f} s  total {total:4.0f} s", flush=True)
+    print(f"\n| data set | recipe | mean Dice (held out) | training s | train + predict s |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, recipe, dice, trained, total in rows:
+        print(f"| {name} | {recipe} | {dice:.3f} | {trained:.0f} | {total:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
