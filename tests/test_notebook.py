@@ -1,9 +1,13 @@
 """Inside a Kaggle notebook (KAGGLE_KERNEL_RUN_TYPE set), on a faked /kaggle tree in a temporary
 folder: the scripts find the competition under the input folder, read it in place, write to the
-working folder and never touch the network. Every http request would reach the stand-in server,
-which must see none from a notebook."""
+working folder and never touch the network; the bundled kernel runs the four steps there; and
+`make kaggle-push` pushes it. Every http request would reach the stand-in server, which must see
+none from a notebook."""
 
 import io
+import json
+import shutil
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -11,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from submission import read_submission, rle_decode
 
 sys.path.insert(0, str(Path(__file__).parent))  # for kaggle_stub, whatever pytest's import mode
-from kaggle_stub import KaggleStub, competition_zip, tiny_competition, user_env  # noqa: E402
+from kaggle_stub import USER, KaggleStub, competition_zip, tiny_competition, user_env  # noqa: E402
 
 SLUG = "ultrasound-nerve-segmentation"
 LAYOUTS = [SLUG, f"competitions/{SLUG}"]  # both are mounted in the wild
@@ -101,3 +105,52 @@ def test_submission_stays_offline(notebook, stub):
     scores = run_script("submission.py", "--scores", check=False, env=env)
     assert scores.returncode == 2 and scores.stderr.startswith("error: --scores needs Kaggle's API")
     assert stub.requests == []
+
+
+# ---------------------------------------------------------------- the kernel
+
+def test_bundled_kernel_runs_the_four_steps(notebook, stub, tmp_path):
+    env, input_dir, working = notebook
+    competition = input_dir / "competitions" / SLUG
+    run_script("data.py", "--demo", "--demo-size", 42, 58, "--demo-subjects", 3, "--raw", competition,
+               "--workdir", tmp_path / "scratch", "-q")
+    build = tmp_path / "build"
+    subprocess.run([sys.executable, ROOT / "kernel" / "bundle.py", build, "--user", USER], check=True,
+                   capture_output=True)
+    before = snapshot(input_dir)
+
+    env = {k: v for k, v in env.items() if k != "PYTHONPATH"}  # the kernel brings its own kit
+    (tmp_path / "tmp").mkdir()
+    env.update(KAGGLE_KERNEL_RUN_TYPE="Batch", TMPDIR=str(tmp_path / "tmp"),
+               KIT_TRAIN_ARGS="--epochs 1 --image-size 32 48 --width 4 --depth 2 --folds 2 --batch-size 8")
+    result = subprocess.run([sys.executable, build / "kernel.py"], cwd=working, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for step in ("data.py", "train.py --time-limit 7200 --epochs 1", "predict.py", "submission.py"):
+        assert f"$ python {step}" in result.stdout
+
+    ids = sorted(int(p.stem) for p in (competition / "test").glob("*.tif"))
+    assert len(read_submission(working / "submission.csv", (42, 58), ids)) == len(ids) == 40
+    assert json.loads((working / "model" / "config.json").read_text())["folds"] == ["fold0.keras"]
+    assert not list(working.glob("imgs_*.npy"))  # the big arrays are not left in the output
+    assert snapshot(input_dir) == before and stub.requests == []
+    assert list((tmp_path / "tmp").iterdir()) == []  # its unpacked kit is gone
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_kaggle_push(tmp_path, stub):
+    """`make kaggle-push` bundles the kernel and pushes it with the kaggle command-line client."""
+    env = user_env(tmp_path, stub.url)  # the owner comes from these credentials
+    build = tmp_path / "build"
+    kaggle = f"{sys.executable} -m kaggle"
+    result = subprocess.run(["make", "-s", "-o", ".venv/.installed", "kaggle-push", f"PY={sys.executable}",
+                             f"KAGGLE={kaggle}", f"KERNEL={build}"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (pushed,) = stub.kernels
+    assert pushed["slug"] == f"{USER}/unet-starter-kit"
+    assert pushed["text"] == (build / "kernel.py").read_text()
+    assert pushed["competitionDataSources"] == [SLUG]
+    assert pushed["enableGpu"] is True and pushed.get("enableInternet", False) is False
+    assert (pushed["language"], pushed["kernelType"]) == ("python", "script")
+    assert 'KIT = ""' not in pushed["text"] and "\nKIT = \"" in pushed["text"]
