@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 DEMO := work/demo
 DEMO_FLAGS := --raw $(DEMO)/raw --workdir $(DEMO)
 
-.PHONY: demo test bench clean
+KAGGLE ?= $(VENV)/bin/kaggle
+KERNEL := build/kernel
+
+.PHONY: demo test bench clean kaggle-push
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,5 +26,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
+# The kit as a Kaggle notebook (kernel/): bundled into one script, pushed, run on Kaggle's GPU.
+# KAGGLE_USER=<name> if the Kaggle credentials do not say whose it is.
+kaggle-push: $(VENV)/.installed
+	$(PY) kernel/bundle.py $(KERNEL) $(if $(KAGGLE_USER),--user $(KAGGLE_USER))
+	$(KAGGLE) kernels push -p $(KERNEL)
+
 clean:
-	rm -rf work .pytest_cache .hypothesis
+	rm -rf work build .pytest_cache .hypothesis

@@ -54,22 +54,21 @@ def kaggle_working_root():
 
 
 def find_competition_input(slug=COMPETITION):
-    """The folder holding train/ and test/ under /kaggle/input (its layout varies)."""
+    """The folder holding train/ and test/ under /kaggle/input. Kaggle mounts a competition at
+    <input>/<slug>/ or <input>/competitions/<slug>/; failing those, the shallowest folder with
+    both (a competition under another slug), then a slug folder holding only zips."""
     root = kaggle_input_root()
-    for candidate in (root / slug, root / "competitions" / slug):
+    named = [root / slug, root / "competitions" / slug]
+    found = [t.parent for pattern in ("*/train", "*/*/train", "*/*/*/train") for t in sorted(root.glob(pattern))]
+    for candidate in named + found:
         if (candidate / "train").is_dir() and (candidate / "test").is_dir():
             return candidate
-    for train in sorted(root.glob("**/train")):
-        if (train.parent / "test").is_dir():
-            return train.parent
-    return None
+    return next((c for c in named if c.is_dir()), None)
 
 
 def default_raw():
-    if in_kaggle_notebook():
-        found = find_competition_input()
-        if found is not None:
-            return found
+    if in_kaggle_notebook():  # where the competition is, or where it would be once attached
+        return find_competition_input() or kaggle_input_root() / COMPETITION
     return Path("raw")
 
 

@@ -52,8 +52,8 @@ def check_members(archive, dest):
     for info in archive.infolist():
         target = (dest / info.filename).resolve()
         if info.filename.startswith(("/", "\\")) or not target.is_relative_to(dest):
-            raise UserError(f"{archive.filename}: member {info.filename!r} would land outside "
-                            f"{dest}; refusing to extract a suspicious zip")
+            raise UserError(f"{archive.filename}: member {info.filename!r} would land outside the "
+                            f"folder it is extracted into; refusing to extract a suspicious zip")
         total += info.file_size
         if info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO and info.file_size > 2**20:
             raise UserError(f"{archive.filename}: member {info.filename!r} expands "
@@ -71,15 +71,33 @@ def extract(zip_path, dest):
         raise UserError(f"{zip_path} is corrupt or truncated ({e}): download it again") from None
 
 
-def unpack_zips(raw):
-    """Extract competition zips found in raw/ (outer zip, nested train.zip/test.zip/*.csv.zip)."""
-    if (raw / "train").is_dir() and (raw / "test").is_dir():
-        return
+def has_train_test(folder):
+    return (folder / "train").is_dir() and (folder / "test").is_dir()
+
+
+def writable(folder):
+    """False for a Kaggle notebook's input (mounted read-only), and for any folder we may not write."""
+    inside_input = folder.resolve().is_relative_to(common.kaggle_input_root().resolve())
+    return os.access(folder, os.W_OK) and not inside_input
+
+
+def unpack_zips(raw, work):
+    """Extract competition zips found in raw/ (outer zip, nested train.zip/test.zip/*.csv.zip) and
+    return the folder holding train/ and test/: raw/ itself, or <workdir>/raw when raw/ is read-only."""
+    if has_train_test(raw):
+        return raw
     zips = sorted(raw.glob("*.zip"))
     if not zips:
-        return
-    # Extract into a scratch folder first so that a bad zip leaves raw/ as it was.
-    with tempfile.TemporaryDirectory(dir=raw, prefix=".unpack-") as scratch:
+        return raw
+    dest = raw
+    if not writable(raw):
+        dest = work / "raw"
+        if has_train_test(dest):
+            return dest
+        log.info(f"{raw} is read-only: extracting its zips into {dest}")
+        dest.mkdir(parents=True, exist_ok=True)
+    # Extract into a scratch folder first so that a bad zip leaves dest/ as it was.
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".unpack-") as scratch:
         scratch = Path(scratch)
         for z in zips:
             log.info(f"extracting {z}")
@@ -90,8 +108,22 @@ def unpack_zips(raw):
         roots = {p.parent for p in scratch.rglob("train") if p.is_dir()} or {scratch}
         root = min(roots, key=lambda p: len(p.parts))
         for item in sorted(root.iterdir()):
-            if not (raw / item.name).exists():
-                shutil.move(str(item), raw / item.name)
+            if not (dest / item.name).exists():
+                shutil.move(str(item), dest / item.name)
+    return dest
+
+
+def download(competition, raw, quiet):
+    """Fetch the competition zip into raw/ unless its files are there already."""
+    if common.in_kaggle_notebook():
+        # Competition notebooks run offline; Kaggle mounts the data under /kaggle/input instead.
+        log.info(f"in a Kaggle notebook: not downloading, the competition files are read from "
+                 f"{common.kaggle_input_root()}")
+        return
+    if has_train_test(raw):
+        return
+    import kaggle_io
+    kaggle_io.download(competition, raw, quiet=quiet)
 
 
 # ---------------------------------------------------------------- reading images
@@ -261,13 +293,15 @@ def main():
     raw, work = args.raw, args.workdir
     if args.demo:
         make_demo(raw, *args.demo_size, args.demo_subjects, args.seed, args.quiet)
-    if args.download and not ((raw / "train").is_dir() and (raw / "test").is_dir()):
-        import kaggle_io
-        kaggle_io.download(args.competition, raw, quiet=args.quiet)
+    if args.download:
+        download(args.competition, raw, args.quiet)
+    if not raw.is_dir() and common.in_kaggle_notebook():
+        raise UserError(f"no competition files in {common.kaggle_input_root()} ({raw} not found): add the "
+                        f"competition's data to the notebook (Add Input > Competitions > {args.competition})")
     if not raw.is_dir():
         raise UserError(f"{raw} not found: create it and put the competition files there, "
                         f"or run `python data.py --download` or `--demo`")
-    unpack_zips(raw)
+    raw = unpack_zips(raw, work)
 
     images, masks, subjects = list_train(raw / "train", args.skip_unpaired)
     tests, ids = list_test(raw / "test")

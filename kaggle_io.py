@@ -42,7 +42,7 @@ def _api():
     # authenticate) and calls exit(1): keep that off the screen and say it in one line.
     said = io.StringIO()
     try:
-        with contextlib.redirect_stdout(said), _errors(competition=None):
+        with contextlib.redirect_stdout(said), _errors(competition=None), _client_not_verbose():
             from kaggle.api.kaggle_api_extended import KaggleApi
             api = KaggleApi()
             api.authenticate()
@@ -54,7 +54,20 @@ def _api():
         raise UserError(f"no Kaggle credentials found (looked for {KaggleApi.config}): {TOKEN_HELP}") from None
     if "chmod 600" in said.getvalue():  # the client's warning that kaggle.json is world-readable
         log.warning(f"warning: {api.config} is readable by other users: run chmod 600 {api.config}")
+    api.args = [a for a in api.args if a not in ("--verbose", "-v")]
     return api
+
+
+@contextlib.contextmanager
+def _client_not_verbose():
+    """Hide VERBOSE / VERBOSE_OUTPUT from the client while it loads: set to 1 (a common
+    variable in build environments) they make it print every request with its Authorization
+    header, that is the credentials."""
+    saved = {k: os.environ.pop(k) for k in ("VERBOSE", "VERBOSE_OUTPUT") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 @contextlib.contextmanager
@@ -96,21 +109,30 @@ def _one_line(text):
     return " ".join(str(text).split())
 
 
+def username():
+    """The Kaggle user the credentials belong to (the owner of pushed notebooks)."""
+    api = _api()
+    return api.config_values.get(api.CONFIG_NAME_USER)
+
+
 # ---------------------------------------------------------------- download
 
 def download(competition, raw_dir, quiet=False):
     """Download the competition's zip into raw_dir (not extracted) and return its path."""
     raw_dir = Path(raw_dir)
     final = raw_dir / f"{competition}.zip"
-    if zipfile.is_zipfile(final):
-        log.info(f"{final} already downloaded")
-        return final
+    if final.exists():
+        if _is_valid_zip(final):
+            log.info(f"{final} already downloaded")
+            return final
+        log.warning(f"{final} is corrupt or truncated: downloading it again")
+        final.unlink()
+    api = _api()
     # The client writes straight into its output file and, if interrupted, leaves the
     # partial file plus a resume marker there. Let it work in a hidden folder beside the
     # final zip: a re-run resumes where it stopped, and only a verified zip gets the name.
     partial_dir = raw_dir / f".{competition}.download"
     partial_dir.mkdir(parents=True, exist_ok=True)
-    api = _api()
     try:
         with _errors(competition):
             api.competition_download_files(competition, path=str(partial_dir), quiet=quiet)
@@ -120,6 +142,9 @@ def download(competition, raw_dir, quiet=False):
     except OSError as e:  # requests' errors are OSErrors too, but _errors has handled those
         raise UserError(f"cannot write the download into {partial_dir} ({e.strerror or 'I/O error'}): "
                         "check free disk space and permissions") from None
+    finally:
+        with contextlib.suppress(OSError):  # refused (401, 403...): nothing to resume from
+            partial_dir.rmdir()              # only succeeds when empty
 
     got = partial_dir / f"{competition}.zip"
     if not quiet:

@@ -121,9 +121,16 @@ def local_score(rows, truth_dir, shape):
 # ---------------------------------------------------------------- main
 
 def print_scores(competition):
+    if common.in_kaggle_notebook():
+        raise UserError("--scores needs Kaggle's API, which the kit never calls from a notebook: "
+                        "run it on your own machine, or see the competition's Submissions page")
     import kaggle_io
-    for s in kaggle_io.submissions(competition):
-        print(f"{s['date']}  {s['status']:<10} {s['public_score'] or '':>8}  {s['description']}")
+    subs = kaggle_io.submissions(competition)
+    for s in subs:
+        score = "" if s["public_score"] is None else s["public_score"]
+        print(f"{s['date']}  {s['status']:<10} {score:>8}  {s['description']}")
+    if not subs:
+        print(f"no submissions to {competition} yet")
 
 
 def main():
@@ -150,7 +157,11 @@ def main():
     log.info(f"{len(rows)} rows ({empty} empty) -> {output}")
     if args.truth:
         print(f"local score (mean Dice): {local_score(rows, args.truth, masks.shape[1:]):.4f}")
-    if args.submit:
+    if args.submit and common.in_kaggle_notebook():
+        # Notebooks run offline: Kaggle takes the submission from the notebook's output.
+        log.info(f"in a Kaggle notebook: not uploading; {output} is the notebook's output, "
+                 f"submit the notebook to the competition from Kaggle's web page")
+    elif args.submit:
         import kaggle_io
         score = kaggle_io.submit(args.competition, output, args.message, timeout=args.timeout, quiet=args.quiet)
         print(f"public score: {score}")

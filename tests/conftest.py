@@ -10,10 +10,12 @@ SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
 
-def run_script(script, *args, check=True):
-    """Run one of the kit's scripts as a user would, from the project root."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("KAGGLE_KERNEL_RUN_TYPE", None)
+def run_script(script, *args, check=True, env=None):
+    """Run one of the kit's scripts as a user would, from the project root.
+    env: its whole environment (default: this one, outside any Kaggle notebook)."""
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "KAGGLE_KERNEL_RUN_TYPE"}
+    env = {**env, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:

@@ -10,14 +10,85 @@ How the real client (kaggle 2.2.4) finds it:
   come back here too, with no DNS and no second server.
 """
 
+import io
 import json
+import os
 import threading
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 RPC_PREFIX = "/api/v1/competitions.CompetitionApiService/"
 STORAGE = "http://storage.kaggle.test"
 UPLOAD = "http://upload.kaggle.test"
+ROOT = Path(__file__).resolve().parents[1]
+USER = "kit-tester"
+FAKE_KEY = "f4k3k3y0123456789abcdef0123456789"
+
+
+def clean_env(tmp_path, proxy):
+    """The environment of a user with no Kaggle settings, whose every http request goes to `proxy`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("KAGGLE_") and k.lower() not in
+           ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "xdg_config_home")}
+    home = tmp_path / "home"
+    home.mkdir()
+    env.update(HOME=str(home), KAGGLE_CONFIG_DIR=str(home / ".kaggle"), KAGGLE_API_ENVIRONMENT="LOCALHOST",
+               HTTP_PROXY=proxy, http_proxy=proxy, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+def zip_bytes(files):
+    """A zip holding {name: bytes}, in memory."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def competition_zip(files, nested):
+    """The zip Kaggle serves for a competition of {path: bytes}: the files as they are
+    (train/..., test/..., *.csv), or (nested) train.zip, test.zip and <name>.csv.zip inside."""
+    if not nested:
+        return zip_bytes(files)
+    parts = {}
+    for name, data in files.items():
+        parts.setdefault(name.split("/")[0] + ".zip", {})[name] = data
+    return zip_bytes({part: zip_bytes(members) for part, members in parts.items()})
+
+
+def tiny_competition(h=20, w=28):
+    """{path: bytes} of a small competition in the nerve layout: 2 subjects x 3 frames, test ids 1-3."""
+    import cv2
+    import numpy as np
+
+    def tif(image):
+        return cv2.imencode(".tif", image)[1].tobytes()  # LZW, as Kaggle's files are
+
+    rng = np.random.default_rng(0)
+    files = {}
+    for s in (1, 2):
+        for n in (1, 2, 3):
+            mask = np.zeros((h, w), np.uint8)
+            mask[2:2 + n, 3:3 + s] = 255
+            files[f"train/{s}_{n}.tif"] = tif(rng.integers(0, 255, (h, w), dtype=np.uint8))
+            files[f"train/{s}_{n}_mask.tif"] = tif(mask)
+    for i in (1, 2, 3):
+        files[f"test/{i}.tif"] = tif(np.full((h, w), i, np.uint8))
+    files["sample_submission.csv"] = b"img,pixels\n1,\n2,\n3,\n"
+    return files
+
+
+def user_env(tmp_path, proxy):
+    """clean_env() plus a kaggle.json holding USER and FAKE_KEY, as Kaggle's settings page makes it."""
+    env = clean_env(tmp_path, proxy)
+    config = Path(env["KAGGLE_CONFIG_DIR"], "kaggle.json")
+    config.parent.mkdir()
+    config.write_text(json.dumps({"username": USER, "key": FAKE_KEY}))
+    config.chmod(0o600)
+    return env
 
 
 class KaggleStub:
@@ -35,6 +106,7 @@ class KaggleStub:
         self.made = []                # submissions created through the stub, newest first
         self.history = []             # older submissions (API JSON shape) listed after those
         self.tokens = {}              # access token (KAGGLE_API_TOKEN) -> the username it belongs to
+        self.kernels = []             # SaveKernel requests (kaggle kernels push)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
         self.server.stub = self
@@ -74,6 +146,11 @@ class KaggleStub:
                              "description": req.get("submissionDescription", ""),
                              "fileName": "submission.csv"})
         return _json({"message": "Successfully submitted to Ultrasound Nerve Segmentation", "ref": ref})
+
+    def SaveKernel(self, req):
+        self.kernels.append(req)
+        slug = req.get("slug", "")
+        return _json({"ref": f"/code/{slug}", "url": f"https://www.kaggle.com/code/{slug}", "versionNumber": 1})
 
     def ListSubmissions(self, req):
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]

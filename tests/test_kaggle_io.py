@@ -20,12 +20,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # for kaggle_stub, whatever pytest's import mode
-from kaggle_stub import KaggleStub, RPC_PREFIX, STORAGE, UPLOAD  # noqa: E402
+from kaggle_stub import (FAKE_KEY, RPC_PREFIX, ROOT, STORAGE, UPLOAD, USER,  # noqa: E402
+                         KaggleStub, clean_env, user_env)
 
-ROOT = Path(__file__).resolve().parents[1]
 SLUG = "ultrasound-nerve-segmentation"
-USER = "kit-tester"
-FAKE_KEY = "f4k3k3y0123456789abcdef0123456789"
 
 SNIPPET = """
 import json, sys, time
@@ -60,26 +58,9 @@ def stub():
         yield s
 
 
-def clean_env(tmp_path, proxy):
-    """The environment of a user with no Kaggle settings, whose every http request goes to `proxy`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("KAGGLE_") and k.lower() not in
-           ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "xdg_config_home")}
-    home = tmp_path / "home"
-    home.mkdir()
-    env.update(HOME=str(home), KAGGLE_CONFIG_DIR=str(home / ".kaggle"), KAGGLE_API_ENVIRONMENT="LOCALHOST",
-               HTTP_PROXY=proxy, http_proxy=proxy, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
-    return env
-
-
 @pytest.fixture
 def env(tmp_path, stub):
-    env = clean_env(tmp_path, stub.url)
-    config = Path(env["KAGGLE_CONFIG_DIR"], "kaggle.json")
-    config.parent.mkdir()
-    config.write_text(json.dumps({"username": USER, "key": FAKE_KEY}))
-    config.chmod(0o600)
-    return env
+    return user_env(tmp_path, stub.url)
 
 
 def make_zip():
@@ -129,6 +110,16 @@ def test_bad_download_leaves_no_zip(env, stub, tmp_path, how):
     assert error == f"download of {SLUG} was corrupt or truncated: run again"
     assert not (raw / f"{SLUG}.zip").exists()
     assert not list(raw.glob("*.zip"))
+
+
+def test_download_replaces_a_corrupt_zip(env, stub, tmp_path):
+    stub.zip_bytes = make_zip()
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / f"{SLUG}.zip").write_bytes(stub.zip_bytes[:-40])  # a zip cut short by an earlier crash
+    value, error, out = call(env, "download", SLUG, str(raw), quiet=True)
+    assert error is None and len(stub.calls("DownloadDataFiles")) == 1
+    assert (raw / f"{SLUG}.zip").read_bytes() == stub.zip_bytes
 
 
 def test_download_keeps_an_existing_zip(env, stub, tmp_path):
@@ -211,6 +202,7 @@ def test_bad_credentials(env, stub, tmp_path):
     stub.fail["DownloadDataFiles"] = 401
     value, error, out = call(env, "download", SLUG, str(tmp_path / "raw"), quiet=True)
     assert "HTTP 401" in error and "https://www.kaggle.com/settings" in error
+    assert list((tmp_path / "raw").iterdir()) == []  # no empty download folder left behind
 
 
 def test_rules_not_accepted(env, stub, tmp_path):
@@ -260,3 +252,11 @@ def test_rejected_access_token(tmp_path, stub):
     value, error, out = call(env, "submissions", SLUG)
     assert "did not accept the token in KAGGLE_API_TOKEN" in error
     assert stub.calls("ListSubmissions") == []
+
+
+def test_verbose_environment_never_shows_credentials(env, stub):
+    env["VERBOSE"] = "1"  # makes the client print each request with its headers
+    value, error, out = call(env, "submissions", SLUG)
+    assert error is None and len(stub.calls("ListSubmissions")) == 1
+    basic = base64.b64encode(f"{USER}:{FAKE_KEY}".encode()).decode()
+    assert basic not in out and "Authorization" not in out
