@@ -155,6 +155,7 @@ def make_augmenter(seed):
         for layer in geometric:
             data = layer(data, training=True)
         images = photometric(data["images"], tf.stack([tf.cast(step, tf.int32), seed]))
-        return images, data["segmentation_masks"]
+        # Keras before 3.14 resamples masks bilinearly: round them back to labels.
+        return images, tf.round(data["segmentation_masks"])
 
     return augment
