@@ -306,7 +306,9 @@ def main():
         model = train_fold(args, fold, x[train], y[train], x[val], y[val], mean, std, fold_deadline, strategy)
         with common.atomic_path(model_dir / f"fold{fold}.keras") as tmp:
             model.save(tmp)
-        probs_oof.append(predict.probabilities([model], images[val], args.batch_size * 4, args.tta, args.quiet))
+        # Validate the saved file itself, outside any distribution strategy, exactly as predict.py will.
+        saved = keras.models.load_model(model_dir / f"fold{fold}.keras", compile=False)
+        probs_oof.append(predict.probabilities([saved], images[val], args.batch_size * 4, args.tta, args.quiet))
         val_index.append(np.flatnonzero(val))
 
     probs = np.concatenate(probs_oof)

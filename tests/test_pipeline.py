@@ -39,3 +39,15 @@ def test_tutorial_preset_is_the_2017_recipe(demo):
     assert args.image_size == [96, 96] and args.width == 32 and args.depth == 4
     assert (args.loss, args.lr, args.batch_size, args.batchnorm, args.augment) == ("dice", 1e-5, 32, False, False)
     assert args.epochs == 1                                        # explicit flags win over the preset
+
+
+def test_two_replicas_with_mirrored_strategy(demo, tmp_path):
+    """--gpus 2 on a CPU-only machine splits the CPU into two logical devices."""
+    import shutil
+    raw, work = demo
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("model", "preview", "*.csv"))
+    result = run_script("train.py", "--workdir", copy, "--gpus", 2, "--epochs", 1, "--folds", 3,
+                        "--width", 4, "--depth", 2, "--image-size", 32, 48, "--batch-size", 8)
+    assert "2 replica(s)" in result.stdout
+    assert (copy / "model" / "fold0.keras").exists()
