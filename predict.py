@@ -5,7 +5,7 @@
 Reads --workdir/imgs_test.npy and model/ (every fold listed in config.json is averaged),
 and writes imgs_mask_test.npy: (N, H, W) uint8 in {0, 1} at the original size, in the order
 of imgs_id_test.npy, with the tuned threshold and minimum area already applied; plus a few
-preview PNGs in preview/.
+preview PNGs in preview/, and report.html: the run at a glance (see report.py).
 """
 
 import json
@@ -78,11 +78,12 @@ def final_masks(probs, size, threshold, min_area, out=None):
     return out
 
 
-def tune_postprocessing(probs, truth, pixel_area):
+def tune_postprocessing(probs, truth, pixel_area, grid=None):
     """Threshold and minimum area (in original pixels) that maximise the mean Dice.
 
     Tuned at the working size (pixel_area original pixels per working pixel): the area gate
-    only ever empties whole masks, so every candidate is scored from per-image counts."""
+    only ever empties whole masks, so every candidate is scored from per-image counts.
+    Every (threshold, minimum area, score) tried is appended to the list `grid` if given."""
     truth = truth.reshape(len(truth), -1).astype(bool)
     truth_area = truth.sum(1)
     best = (-1.0, 0.5, 0)
@@ -96,6 +97,8 @@ def tune_postprocessing(probs, truth, pixel_area):
         for min_area in np.unique(np.concatenate([[0], np.quantile(area[area > 0], np.linspace(0, 0.6, 31))
                                                    if (area > 0).any() else []])):
             score = np.where(area < min_area, empty_score, dice).mean()
+            if grid is not None:
+                grid.append((float(t), int(round(min_area * pixel_area)), float(score)))
             if score > best[0] + 1e-9:
                 best = (score, float(t), int(round(min_area * pixel_area)))
     log.info(f"tuned on {len(probs)} validation images: threshold {best[1]:.2f}, "
@@ -145,6 +148,8 @@ def main():
         empty = float((out.reshape(len(out), -1).max(1) == 0).mean())
         del out
     log.info(f"{len(images)} masks ({empty:.0%} empty) -> {work / 'imgs_mask_test.npy'}")
+    import report   # here, not above: the report draws with visualize.py, which imports this module
+    report.write_report(work, models, config)
 
 
 if __name__ == "__main__":

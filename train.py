@@ -5,7 +5,9 @@
     python train.py --preset tutorial     # the 2017 Keras tutorial, exactly
 
 Writes into --workdir/model/: fold<i>.keras, config.json (threshold, minimum area, ...),
-history_fold<i>.csv, and backup_fold<i>/ while a fold is running (for --resume).
+history_fold<i>.csv and curves.png (every epoch), validation.csv (each validation frame's
+Dice), tuning.csv (the scores the threshold and minimum area were picked from), and
+backup_fold<i>/ while a fold is running (for --resume).
 """
 
 import json
@@ -63,6 +65,9 @@ def get_args(argv=None):
     p.add_argument("--gpus", type=int, default=0, help="train on this many GPUs with MirroredStrategy")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
     p.add_argument("--seed", type=int, default=42, help="random seed")
+    p.add_argument("--tensorboard", action="store_true", help="also log to model/tensorboard/ (needs tensorboard)")
+    p.add_argument("--summary", action="store_true",
+                   help="print the model (layers, parameters, receptive field) and exit")
     p.set_defaults(batchnorm=True, augment=True, tune=True, tta=True)
     args = p.parse_args(argv)
     if args.preset:
@@ -211,6 +216,26 @@ class PlanEpochs(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class PlotCurves(keras.callbacks.Callback):
+    """Redraws the curves PNG from the history CSV after every epoch (put it after the CSVLogger)."""
+
+    def __init__(self, history, png):
+        super().__init__()
+        self.history, self.png = history, png
+
+    def on_epoch_end(self, epoch, logs=None):
+        import report
+        report.plot_curves([self.history], self.png)
+
+
+def tensorboard(log_dir):
+    try:
+        import tensorboard  # noqa: F401  (Keras needs it to write summaries, and fails only at the first epoch's end)
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: `pip install tensorboard`") from None
+    return keras.callbacks.TensorBoard(log_dir)
+
+
 def lr_schedule(args):
     def schedule(epoch, lr):
         if args.schedule == "constant":
@@ -258,13 +283,62 @@ def train_fold(args, fold, x_train, y_train, x_val, y_val, mean, std, deadline, 
         checkpoint,
         keras.callbacks.EarlyStopping("val_dice", mode="max", patience=args.patience),
         keras.callbacks.CSVLogger(history, append=args.resume),
+        PlotCurves(history, model_dir / "curves.png"),
         StopOnDeadlineOrSignal(deadline),
     ]
+    if args.tensorboard:
+        callbacks.append(tensorboard(model_dir / "tensorboard" / f"fold{fold}"))
     verbose = 0 if args.quiet else 1 if sys.stdout.isatty() else 2
     model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, callbacks=callbacks, verbose=verbose)
     if best_path.exists():
         model.load_weights(best_path)
     return model
+
+
+# ---------------------------------------------------------------- records
+
+def save_validation_details(model_dir, index, subjects, folds, truth, final, dice, grid, todo):
+    """What the report and visualize.py show: each validation frame's Dice, the tuning grid,
+    and the curves of every fold of this run."""
+    import pandas as pd
+    import report
+    frames = pd.DataFrame({"index": index, "subject": subjects[index], "fold": folds[index],
+                           "truth_area": truth.reshape(len(truth), -1).sum(1),
+                           "pred_area": final.reshape(len(final), -1).sum(1), "dice": dice})
+    for name, table in (("validation.csv", frames),
+                        ("tuning.csv", pd.DataFrame(grid, columns=["threshold", "min_area", "dice"]))):
+        with common.atomic_path(model_dir / name) as tmp:
+            table.to_csv(tmp, index=False)
+    report.plot_curves([model_dir / f"history_fold{f}.csv" for f in todo], model_dir / "curves.png")
+
+
+def receptive_field(depth, convs=2):
+    """Width of the widest window of input pixels that one output pixel of the U-Net sees.
+
+    Follows an interval of pixels back through the layers: a 3x3 convolution widens it by one
+    pixel each side, a 2x2 pooling doubles it, a 2x2 stride-2 transposed convolution halves it;
+    a skip connection joins the encoder's interval to the deeper path's. The halving rounds to
+    whole pixels, so the field depends on the pixel's position modulo 2^depth: the widest is returned."""
+    def encoder(level, lo, hi):     # interval at the output of encoder block `level` -> the input image
+        lo, hi = lo - convs, hi + convs
+        return (lo, hi) if level == 0 else encoder(level - 1, 2 * lo, 2 * hi + 1)
+
+    def decoder(level, lo, hi):     # interval at the output of decoder block `level` (depth: the bottleneck)
+        if level == depth:
+            return encoder(depth, lo, hi)
+        lo, hi = lo - convs, hi + convs
+        (a, b), (c, d) = encoder(level, lo, hi), decoder(level + 1, lo // 2, hi // 2)
+        return min(a, c), max(b, d)
+
+    return max(hi - lo + 1 for lo, hi in (decoder(0, x, x) for x in range(2 ** depth)))
+
+
+def print_summary(args, size):
+    model = unet.build_unet(size, 1, 1, args.width, args.depth, args.dropout, args.batchnorm)
+    model.summary()
+    field = receptive_field(args.depth)
+    print(f"input {size[1]}x{size[0]}: {model.count_params():,} parameters, "
+          f"receptive field {field}x{field} pixels of the input")
 
 
 # ---------------------------------------------------------------- main
@@ -287,6 +361,8 @@ def main():
     size = args.image_size or choose_image_size(masks, args.time_limit, args.depth)
     if size[0] % 2 ** args.depth or size[1] % 2 ** args.depth:
         raise UserError(f"--image-size {size[0]} {size[1]} must be a multiple of {2 ** args.depth} (2^depth)")
+    if args.summary:
+        return print_summary(args, size)
     log.info(f"{len(images)} images {images.shape[2]}x{images.shape[1]} -> working size {size[1]}x{size[0]}, "
              f"{precision}, loss {args.loss}, {strategy.num_replicas_in_sync} replica(s)")
     x = common.resize_stack(images, size, "area")
@@ -313,12 +389,15 @@ def main():
 
     probs = np.concatenate(probs_oof)
     index = np.concatenate(val_index)
-    threshold, min_area = 0.5, 0
+    threshold, min_area, grid = 0.5, 0, []
     if args.tune:
         pixel_area = images.shape[1] * images.shape[2] / (size[0] * size[1])
-        threshold, min_area = predict.tune_postprocessing(probs, y[index], pixel_area)
+        threshold, min_area = predict.tune_postprocessing(probs, y[index], pixel_area, grid)
     truth = masks[index]
-    score = common.mean_dice(predict.final_masks(probs, truth.shape[1:], threshold, min_area), truth)
+    final = predict.final_masks(probs, truth.shape[1:], threshold, min_area)
+    dice = common.dice_per_image(final, truth)
+    score = float(dice.mean())
+    save_validation_details(model_dir, index, subjects, folds, truth, final, dice, grid, todo)
     config = {"folds": [f"fold{f}.keras" for f in todo], "threshold": threshold, "min_area": min_area,
               "tta": args.tta, "classes": 1, "validation_dice": score, "precision": precision,
               "settings": {k: v for k, v in vars(args).items() if k not in ("raw", "workdir")}}

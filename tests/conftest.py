@@ -38,3 +38,19 @@ def demo(tmp_path_factory):
     raw, work = base / "raw", base / "work"
     run_script("data.py", "--demo", "--demo-size", 84, 116, "--demo-subjects", 5, "--raw", raw, "--workdir", work, "-q")
     return raw, work
+
+
+@pytest.fixture(scope="session")
+def trained_demo(demo, tmp_path_factory):
+    """The demo competition with tiny models trained on each of 3 folds for 2 epochs and the test
+    set predicted, in a workdir of its own: (raw, work, train.py's stdout)."""
+    import shutil
+    raw, arrays = demo
+    work = tmp_path_factory.mktemp("trained") / "work"
+    work.mkdir()
+    for name in ("imgs_train", "imgs_mask_train", "imgs_subject_train", "imgs_test", "imgs_id_test"):
+        shutil.copy(arrays / f"{name}.npy", work)
+    trained = run_script("train.py", "--raw", raw, "--workdir", work, "--image-size", 32, 48, "--width", 4,
+                         "--depth", 2, "--folds", 3, "--fold", "all", "--epochs", 2, "--batch-size", 8)
+    run_script("predict.py", "--raw", raw, "--workdir", work, "-q")
+    return raw, work, trained.stdout
