@@ -2,6 +2,8 @@
 
 import argparse
 import contextlib
+import errno
+import glob
 import logging
 import os
 import sys
@@ -97,18 +99,41 @@ def setup_logging(args):
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
+OUT_OF_MEMORY = ("out of memory: lower --batch-size (train.py, predict.py), --image-size (train.py) "
+                 "or --chunk (predict.py), or close other programs")
+
+
+def explain(e):
+    """One line saying what went wrong and what to do, for the failures a user can fix."""
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, MemoryError) or type(e).__name__ == "ResourceExhaustedError":   # TensorFlow's, GPU too
+        return OUT_OF_MEMORY
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename else ""
+        what = e.strerror or str(e).splitlines()[0]
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"{where}{what}: free some disk space, or use a --workdir on another disk"
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"{where}{what}: use a --workdir (and --raw) you can write to, or fix its permissions"
+        return f"{where}{what}: check the path, its permissions and the free disk space"
+    return None
+
+
 def run(main):
-    """Run a script's main(): user errors become one line and exit code 2."""
+    """Run a script's main(): errors the user can fix become one line and exit code 2
+    (a traceback only with -v); nothing half-written is left behind (see atomic_path)."""
     try:
         sys.exit(main())
-    except UserError as e:
-        if VERBOSE:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        message = explain(e)
+        if VERBOSE or message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def progress(iterable=None, quiet=False, **kwargs):
@@ -123,7 +148,10 @@ def atomic_path(path):
     """Yield a temporary path beside `path`; rename it into place only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):   # what a killed run was writing
+        stale.unlink(missing_ok=True)
+    # The temporary name keeps every suffix: Keras insists on ".weights.h5" and ".keras".
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

@@ -28,6 +28,9 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 MAX_UNZIPPED_BYTES = 64 * 2**30   # the real competition unzips to about 2 GB
 MAX_ZIP_RATIO = 200               # TIFFs compress a few times, zip bombs a million times
 
+if not common.VERBOSE:   # a damaged TIFF is reported in one line below, not by libtiff's own lines
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
 
 def get_args():
     p = common.parser(__doc__.split("\n")[0])
@@ -128,6 +131,9 @@ def download(competition, raw, quiet):
 
 # ---------------------------------------------------------------- reading images
 
+said_colour = []
+
+
 def read_image(path, is_mask=False):
     with open(path, "rb") as f:
         head = f.read(4)
@@ -142,6 +148,9 @@ def read_image(path, is_mask=False):
         if is_mask:
             raise UserError(f"{path} is a colour mask: save masks as single-channel images")
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+        if not said_colour:
+            said_colour.append(path)
+            log.warning(f"warning: {path} is a colour image: colour images are converted to grayscale")
     if is_mask:
         values = np.unique(image)
         if not set(values.tolist()) <= {0, 1, 255}:
@@ -155,16 +164,19 @@ def image_size(path):
     return read_image(path).shape
 
 
-def decode_into(tmp, paths, is_mask, workers, quiet, desc):
-    """Decode `paths` in parallel straight into a memory-mapped .npy (one copy in memory at most)."""
-    shape = image_size(paths[0])
+def decode_into(tmp, paths, is_mask, workers, quiet, desc, images=None):
+    """Decode `paths` in parallel straight into a memory-mapped .npy (one copy in memory at most).
+    Every image must have the first one's size; masks, that of `images`, their images."""
+    shape = image_size(images[0] if images else paths[0])
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *shape))
 
     def load(i):
         image = read_image(paths[i], is_mask)
         if image.shape != shape:
-            raise UserError(f"{paths[i]} is {image.shape[1]}x{image.shape[0]} but {paths[0]} is "
-                            f"{shape[1]}x{shape[0]}: all images of a set must share one size")
+            other, rule = ((images[i], "a mask must have its image's size") if images else
+                           (paths[0], "all images of a set must share one size"))
+            raise UserError(f"{paths[i]} is {image.shape[1]}x{image.shape[0]} but {other} is "
+                            f"{shape[1]}x{shape[0]}: {rule}")
         out[i] = image
 
     with ThreadPoolExecutor(workers) as pool:
@@ -182,7 +194,7 @@ def list_train(folder, skip_unpaired):
     if not folder.is_dir():
         raise UserError(f"{folder} not found: put the competition's train/ and test/ (or their zips) "
                         f"in {folder.parent}, or run `python data.py --download` or `--demo`")
-    images, masks, subjects = [], [], []
+    images, masks, subjects, frames = [], [], [], {}
     stems = {p.stem for p in folder.glob("*.tif")}
     for stem in sorted(stems, key=sort_key):
         if stem.endswith("_mask"):
@@ -193,6 +205,10 @@ def list_train(folder, skip_unpaired):
         match = TRAIN_NAME.match(stem)
         if not match:
             raise UserError(f"{folder / stem}.tif is not named <subject>_<frame>.tif: rename it")
+        frame = tuple(map(int, match.groups()))
+        if frame in frames:
+            raise UserError(f"{folder / stem}.tif and {frames[frame]} are the same frame: remove one")
+        frames[frame] = folder / f"{stem}.tif"
         if stem + "_mask" not in stems:
             if skip_unpaired:
                 continue
@@ -310,7 +326,7 @@ def main():
         out = {name: outputs.enter_context(common.atomic_path(work / f"{name}.npy"))
                for name in ("imgs_train", "imgs_mask_train", "imgs_subject_train", "imgs_test", "imgs_id_test")}
         decode_into(out["imgs_train"], images, False, args.workers, args.quiet, "train images")
-        decode_into(out["imgs_mask_train"], masks, True, args.workers, args.quiet, "train masks")
+        decode_into(out["imgs_mask_train"], masks, True, args.workers, args.quiet, "train masks", images)
         decode_into(out["imgs_test"], tests, False, args.workers, args.quiet, "test images")
         np.save(out["imgs_subject_train"], subjects)
         np.save(out["imgs_id_test"], ids)

@@ -1,5 +1,7 @@
 """The U-Net, its losses, its metric and its augmentation: change the model here, and only here."""
 
+import math
+
 import common
 
 tf = common.import_tensorflow()  # before Keras: hides TensorFlow's start-up noise
@@ -124,15 +126,28 @@ class DiceScore(keras.metrics.Metric):
 
 # ---------------------------------------------------------------- augmentation
 
-def augmentation_layers(seed):
-    """Geometric changes applied to image and mask together (masks use nearest interpolation)."""
-    # float32 whatever the global precision: these run in the input pipeline, not the model.
-    return [
-        layers.RandomFlip("horizontal", seed=seed, dtype="float32"),
-        layers.RandomRotation(0.03, fill_mode="reflect", seed=seed + 1, dtype="float32"),
-        layers.RandomTranslation(0.08, 0.08, fill_mode="reflect", seed=seed + 2, dtype="float32"),
-        layers.RandomZoom(0.12, fill_mode="reflect", seed=seed + 3, dtype="float32"),
-    ]
+def geometric(images, masks, seed, rotation=0.03, shift=0.08, zoom=0.12):
+    """Random flip, rotation (in turns), shift and zoom (fractions of the size) of each image and
+    its mask together, the mask with nearest-neighbour sampling so that it stays binary.
+
+    Drawn with stateless ops from `seed` alone: the same seed gives the same batch whatever ran
+    before, so a resumed training sees exactly what an uninterrupted one would have."""
+    shape = tf.shape(images)
+    h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    draws = tf.random.stateless_uniform((5, shape[0]), seed, -1, 1)
+    angle = draws[0] * rotation * 2 * math.pi
+    scale = 1 + zoom * draws[1]
+    flip = tf.where(draws[4] < 0, -1.0, 1.0)
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    # Output pixel (x, y) samples the input at centre + scale * rotation(flip(x, y) - centre) + shift.
+    a0, a1 = scale * tf.cos(angle) * flip, -scale * tf.sin(angle)
+    b0, b1 = scale * tf.sin(angle) * flip, scale * tf.cos(angle)
+    zeros = tf.zeros_like(a0)
+    transform = tf.stack([a0, a1, cx + shift * w * draws[2] - a0 * cx - a1 * cy,
+                          b0, b1, cy + shift * h * draws[3] - b0 * cx - b1 * cy, zeros, zeros], axis=1)
+    images = ops.image.affine_transform(images, transform, "bilinear", fill_mode="reflect")
+    masks = ops.image.affine_transform(masks, transform, "nearest", fill_mode="reflect")
+    return images, masks
 
 
 def photometric(images, seed):
@@ -148,14 +163,12 @@ def photometric(images, seed):
 
 
 def make_augmenter(seed):
-    geometric = augmentation_layers(seed)
+    """augment(step, images, masks): geometric changes of both, photometric ones of the images,
+    all drawn from (seed, step) alone (see geometric)."""
 
     def augment(step, images, masks):
-        data = {"images": images, "segmentation_masks": masks}
-        for layer in geometric:
-            data = layer(data, training=True)
-        images = photometric(data["images"], tf.stack([tf.cast(step, tf.int32), seed]))
-        # Keras before 3.14 resamples masks bilinearly: round them back to labels.
-        return images, tf.round(data["segmentation_masks"])
+        key = tf.stack([tf.cast(step, tf.int64), tf.constant(seed, tf.int64)])
+        images, masks = geometric(images, masks, key + [0, 2**32])
+        return photometric(images, key), masks
 
     return augment

@@ -9,6 +9,7 @@ preview PNGs in preview/, and report.html: the run at a glance (see report.py).
 """
 
 import json
+import zipfile
 
 import common
 
@@ -36,15 +37,26 @@ def load_models(model_dir):
     config_path = model_dir / "config.json"
     if not config_path.exists():
         raise UserError(f"{config_path} not found: run `python train.py` first")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+        names = [model_dir / name for name in config["folds"]]
+        float(config["threshold"]), int(config["min_area"]), bool(config["tta"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{config_path} is damaged ({type(e).__name__}: {e}): run `python train.py` again") from None
     models = []
-    for name in config["folds"]:
+    for path in names:
+        if path.exists() and not zipfile.is_zipfile(path):
+            raise UserError(f"{path} is truncated or not a Keras model: run `python train.py` again")
         try:
             # safe_mode stays on: a model file never runs code of its own when loaded.
-            models.append(keras.models.load_model(model_dir / name, compile=False, safe_mode=True))
-        except (OSError, ValueError) as e:
-            raise UserError(f"{model_dir / name} cannot be loaded ({str(e).splitlines()[0][:120]}): "
+            models.append(keras.models.load_model(path, compile=False, safe_mode=True))
+        except Exception as e:   # whatever the reason, the one fix is to train again
+            raise UserError(f"{path} cannot be loaded ({str(e).splitlines()[0][:120]}): "
                             f"run `python train.py` again") from None
+    shapes = {(m.input_shape[1:], m.output_shape[1:]) for m in models}
+    if len(shapes) > 1 or any(m.output_shape[1:3] != m.input_shape[1:3] or m.output_shape[-1] != 1 for m in models):
+        raise UserError(f"the models in {config_path} do not share one input size with a one-class output "
+                        f"({sorted(map(str, shapes))}): run `python train.py` again")
     return models, config
 
 
@@ -115,7 +127,8 @@ def save_previews(folder, images, masks, ids):
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(overlay, contours, -1, (0, 255, 255), 2)
         with common.atomic_path(folder / f"{i}.png") as tmp:
-            cv2.imwrite(str(tmp), overlay)
+            if not cv2.imwrite(str(tmp), overlay):
+                raise UserError(f"cannot write {folder / f'{i}.png'}: check free disk space and permissions")
 
 
 # ---------------------------------------------------------------- main
@@ -134,6 +147,11 @@ def main():
     if images.ndim != 3 or channels != 1:
         raise UserError(f"the model expects {channels} channel(s) but {work}/imgs_test.npy has shape "
                         f"{images.shape}: train and predict on the same data")
+    trained_on = config.get("original_size")
+    if trained_on and list(images.shape[1:]) != list(trained_on):
+        raise UserError(f"{work / 'model'} was trained on {trained_on[1]}x{trained_on[0]} images but "
+                        f"{work}/imgs_test.npy holds {images.shape[2]}x{images.shape[1]} ones: run `python data.py` "
+                        f"and `python train.py` on this competition's data")
 
     with common.atomic_path(work / "imgs_mask_test.npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=images.shape)

@@ -3,6 +3,7 @@
     python submission.py                      # work/imgs_mask_test.npy -> work/submission.csv
     python submission.py --submit -m "unet"   # ... then upload it and print the public score
     python submission.py --scores             # list recent submissions with their scores
+    python submission.py --check other.csv    # validate an existing CSV (then --truth, --submit use it)
 
 The masks are encoded exactly as predict.py wrote them: no threshold or clean-up here.
 Encoding: pairs of 1-indexed start and run length, pixels numbered top to bottom, then
@@ -22,6 +23,8 @@ HEADER = "img,pixels"
 def get_args():
     p = common.parser(__doc__.split("\n")[0])
     p.add_argument("--output", help="CSV to write (default: <workdir>/submission.csv)")
+    p.add_argument("--check", metavar="CSV", help="validate this existing CSV against the test set instead of "
+                                                  "writing one; --truth and --submit then use it")
     p.add_argument("--truth", help="folder of <id>_mask.tif answers: print the CSV's local score")
     p.add_argument("--submit", action="store_true", help="validate and upload the CSV to Kaggle")
     p.add_argument("-m", "--message", default="U-Net starter kit", help="submission description")
@@ -45,8 +48,10 @@ def rle_decode(text, shape):
     """The mask that rle_encode() turned into `text`; ValueError if the runs are malformed."""
     h, w = shape
     numbers = text.split()
-    if not all(n.isdigit() for n in numbers):
+    if not all(n.isascii() and n.isdigit() for n in numbers):
         raise ValueError("runs must be positive integers")
+    if any(len(n) > 18 for n in numbers):   # beyond int64, and beyond any image
+        raise ValueError(f"a run lies outside the {w}x{h} image")
     runs = np.array(numbers, dtype=np.int64).reshape(-1, 2) if len(numbers) % 2 == 0 else None
     if runs is None:
         raise ValueError("runs must come in start/length pairs")
@@ -75,11 +80,11 @@ def write_submission(path, masks, ids, quiet):
 def read_submission(path, shape, expected_ids=None):
     """{id: run string}, with every problem raised as a UserError naming the line."""
     rows = {}
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="replace") as f:   # undecodable bytes fail the checks below
         if f.readline().strip() != HEADER:
             raise UserError(f"{path}: the first line must be '{HEADER}'")
         for n, line in enumerate(f, start=2):
-            match = re.fullmatch(r"(\d+),([\d ]*)", line.rstrip("\r\n"))
+            match = re.fullmatch(r"([0-9]{1,18}),([0-9 ]*)", line.rstrip("\r\n"))
             if not match:
                 raise UserError(f"{path}:{n}: expected '<id>,<runs>', got {line.strip()[:60]!r}")
             i = int(match.group(1))
@@ -103,7 +108,10 @@ def sample_ids(raw):
     if not path.exists():
         return None
     import pandas as pd
-    return pd.read_csv(path)["img"].to_numpy()
+    try:
+        return pd.read_csv(path)["img"].to_numpy()
+    except Exception as e:   # unparsable, or no img column: either way the same fix
+        raise UserError(f"{path} is damaged ({type(e).__name__}): download it again") from None
 
 
 def local_score(rows, truth_dir, shape):
@@ -114,6 +122,9 @@ def local_score(rows, truth_dir, shape):
         truth = cv2.imread(str(truth_path), cv2.IMREAD_GRAYSCALE)
         if truth is None:
             raise UserError(f"{truth_path} not found or unreadable: --truth needs <id>_mask.tif for every test id")
+        if truth.shape != tuple(shape):
+            raise UserError(f"{truth_path} is {truth.shape[1]}x{truth.shape[0]}, the test images "
+                            f"{shape[1]}x{shape[0]}: give --truth this test set's answers")
         scores.append(common.dice_per_image(rle_decode(runs, shape)[None], truth[None] > 0)[0])
     return float(np.mean(scores))
 
@@ -142,21 +153,29 @@ def main():
     output = common.Path(args.output) if args.output else work / "submission.csv"
     fix = "run `python data.py` and `python predict.py` first"
     ids = common.load_npy(work / "imgs_id_test.npy", "test id array", fix)
-    masks = common.load_npy(work / "imgs_mask_test.npy", "mask array", fix, mmap=True)
-    if masks.ndim != 3 or len(masks) != len(ids) or masks.dtype != np.uint8 or masks[:16].max(initial=0) > 1:
-        raise UserError(f"{work}/imgs_mask_test.npy (shape {masks.shape}, {masks.dtype}) does not match "
-                        f"the {len(ids)} test ids as binary masks: run `python predict.py` again")
     expected = sample_ids(args.raw)
     if expected is not None and set(expected.tolist()) != set(ids.tolist()):
         raise UserError(f"the test ids in {work} differ from {args.raw}/sample_submission.csv: "
                         f"run `python data.py` again on the full test set")
+    test_shape = common.load_npy(work / "imgs_test.npy", "test image array", fix, mmap=True).shape
 
-    write_submission(output, masks, ids, args.quiet)
-    rows = read_submission(output, masks.shape[1:], ids)
+    if args.check:
+        output = common.Path(args.check)
+        if not output.is_file():
+            raise UserError(f"{output} not found: give --check the path of a submission CSV")
+    else:
+        masks = common.load_npy(work / "imgs_mask_test.npy", "mask array", fix, mmap=True)
+        binary = masks.dtype == np.uint8 and masks[:16].max(initial=0) <= 1
+        if masks.shape != test_shape or len(masks) != len(ids) or not binary:
+            raise UserError(f"{work}/imgs_mask_test.npy (shape {masks.shape}, {masks.dtype}) does not match the "
+                            f"test set ({len(ids)} ids, images {test_shape}) as binary masks: "
+                            f"run `python predict.py` again")
+        write_submission(output, masks, ids, args.quiet)
+    rows = read_submission(output, test_shape[1:], ids)
     empty = sum(1 for r in rows.values() if not r)
-    log.info(f"{len(rows)} rows ({empty} empty) -> {output}")
+    log.info(f"{len(rows)} rows ({empty} empty) {'in' if args.check else '->'} {output}")
     if args.truth:
-        print(f"local score (mean Dice): {local_score(rows, args.truth, masks.shape[1:]):.4f}")
+        print(f"local score (mean Dice): {local_score(rows, args.truth, test_shape[1:]):.4f}")
     if args.submit and common.in_kaggle_notebook():
         # Notebooks run offline: Kaggle takes the submission from the notebook's output.
         log.info(f"in a Kaggle notebook: not uploading; {output} is the notebook's output, "

@@ -7,12 +7,13 @@
 Writes into --workdir/model/: fold<i>.keras, config.json (threshold, minimum area, ...),
 history_fold<i>.csv and curves.png (every epoch), validation.csv (each validation frame's
 Dice), tuning.csv (the scores the threshold and minimum area were picked from), and
-backup_fold<i>/ while a fold is running (for --resume).
+backup_fold<i>/ until the run completes (for --resume, see resume.py).
 """
 
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ import numpy as np
 
 import model as unet
 import predict
+import resume
 from common import UserError, log
 
 PRESETS = {
@@ -157,16 +159,34 @@ def subject_folds(subjects, k, seed):
     return np.array([fold_of[s] for s in subjects])
 
 
-def dataset(images, masks, batch_size, augment, seed):
-    ds = tf.data.Dataset.from_tensor_slices((images[..., None], masks[..., None]))
-    if augment:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=augment and len(images) >= batch_size)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.cast(y, tf.float32)))
-    if augment:
-        augmenter = unet.make_augmenter(seed)
-        ds = ds.enumerate().map(lambda i, xy: augmenter(i, *xy), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+def steps_per_epoch(n, batch_size, augment):
+    batch_size = min(batch_size, n)
+    return n // batch_size if augment else math.ceil(n / batch_size)
+
+
+def dataset(images, masks, batch_size, augment, seed, epochs=range(1)):
+    """The batches of every epoch in `epochs`, one epoch after the other. With augment, each epoch
+    is shuffled and augmented from (seed, epoch, step) alone, with stateless ops: a resumed run
+    sees exactly the batches an uninterrupted one would have."""
+    n = len(images)
+    batch_size = min(batch_size, n)
+    steps = steps_per_epoch(n, batch_size, augment)
+    x, y = tf.constant(images[..., None]), tf.constant(masks[..., None])
+    augmenter = unet.make_augmenter(seed)
+
+    def one_epoch(epoch):
+        key = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order = tf.argsort(tf.random.stateless_uniform([n], key)) if augment else tf.range(n)
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=augment)
+        return tf.data.Dataset.zip((tf.data.Dataset.range(epoch * steps, (epoch + 1) * steps), batches))
+
+    def load(step, index):
+        images, masks = tf.cast(tf.gather(x, index), tf.float32), tf.cast(tf.gather(y, index), tf.float32)
+        return augmenter(step, images, masks) if augment else (images, masks)
+
+    ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(one_epoch)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(epochs) * steps))   # flat_map hides it from Keras
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 # ---------------------------------------------------------------- callbacks
@@ -176,15 +196,18 @@ class StopOnDeadlineOrSignal(keras.callbacks.Callback):
 
     def __init__(self, deadline):
         super().__init__()
-        self.deadline, self.signalled = deadline, False
+        self.deadline, self.signalled = deadline, None
 
     def on_train_begin(self, logs=None):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self.request)
+        self.previous = {sig: signal.signal(sig, self.request) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_train_end(self, logs=None):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def request(self, signum, frame):
-        log.warning("stopping after this step (interrupt again to abort)")
-        self.signalled = True
+        log.warning(f"{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to abort)")
+        self.signalled = signal.Signals(signum).name
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def on_train_batch_end(self, batch, logs=None):
@@ -250,48 +273,71 @@ def lr_schedule(args):
 
 # ---------------------------------------------------------------- one fold
 
+def resume_options(args, size):
+    """The options that a resumed run must share with the interrupted one."""
+    return {"--image-size": list(size), "--width": args.width, "--depth": args.depth, "--dropout": args.dropout,
+            "--no-batchnorm": not args.batchnorm, "--loss": args.loss, "--lr": args.lr,
+            "--schedule": args.schedule, "--batch-size": args.batch_size, "--epochs": args.epochs,
+            "--patience": args.patience, "--folds": args.folds, "--seed": args.seed,
+            "--no-augment": not args.augment, "--precision": keras.mixed_precision.global_policy().name}
+
+
 def train_fold(args, fold, x_train, y_train, x_val, y_val, mean, std, deadline, strategy):
+    """Train (or, with --resume, go on training) one fold and save it as fold<i>.keras."""
     model_dir = args.workdir / "model"
-    backup = model_dir / f"backup_fold{fold}"
-    if backup.exists() and not args.resume:
-        import shutil
-        shutil.rmtree(backup)
+    final = model_dir / f"fold{fold}.keras"
+    keras.utils.set_random_seed(args.seed + fold)   # each fold on its own: a resumed fold never depends on another
     with strategy.scope():
         model = unet.build_unet(x_train.shape[1:3], 1, 1, args.width, args.depth, args.dropout,
                                 args.batchnorm, mean, std)
         model.compile(keras.optimizers.Adam(args.lr), unet.LOSSES[args.loss], metrics=[unet.DiceScore()])
-    train_ds = dataset(x_train, y_train, args.batch_size, args.augment, args.seed + fold)
-    val_ds = dataset(x_val, y_val, args.batch_size * 2, False, 0)
+    steps = steps_per_epoch(len(x_train), args.batch_size, args.augment)
+    data = {"training frames": len(x_train), "validation frames": len(x_val), "pixel mean": mean, "pixel std": std}
+    state = resume.TrainingState(model_dir / f"backup_fold{fold}", {**resume_options(args, x_train.shape[1:3]), **data},
+                                 steps, args.patience)
+    first = 0
+    if args.resume and state.saved():
+        with strategy.scope():   # where the optimizer's variables belong
+            first = state.restore(model)
+        if state.state["done"] and final.exists():
+            log.info(f"fold {fold}: trained by the interrupted run, {final}")
+            return keras.models.load_model(final, compile=False, safe_mode=True)
+        log.info(f"fold {fold}: resuming after epoch {first}")
+    elif args.resume:
+        log.info(f"fold {fold}: no interrupted run in {state.folder}, starting afresh")
 
-    best_path = model_dir / f"best_fold{fold}.weights.h5"
     history = model_dir / f"history_fold{fold}.csv"
-    args.planned_epochs = args.epochs
+    if first:
+        resume.truncate_history(history, first)
+    args.planned_epochs = int(state.state["logs"].get("planned_epochs", args.epochs))
     planner = PlanEpochs(args, deadline)
-    checkpoint = keras.callbacks.ModelCheckpoint(best_path, monitor="val_dice", mode="max",
-                                                 save_best_only=True, save_weights_only=True)
-    if args.resume and history.exists():
-        import pandas as pd
-        done = pd.read_csv(history)
-        if len(done):
-            checkpoint.best = float(done["val_dice"].max())
-            args.planned_epochs = int(done["planned_epochs"].iloc[-1])
-            planner.planned = True
+    planner.planned = first > 0
+    stop = StopOnDeadlineOrSignal(deadline)
     callbacks = [
-        keras.callbacks.BackupAndRestore(backup),
         planner,
         keras.callbacks.LearningRateScheduler(lr_schedule(args)),
-        checkpoint,
-        keras.callbacks.EarlyStopping("val_dice", mode="max", patience=args.patience),
-        keras.callbacks.CSVLogger(history, append=args.resume),
+        keras.callbacks.CSVLogger(history, append=first > 0),
         PlotCurves(history, model_dir / "curves.png"),
-        StopOnDeadlineOrSignal(deadline),
+        state,   # after the logger: a kill between the two repeats an epoch rather than skipping one
+        stop,
     ]
     if args.tensorboard:
         callbacks.append(tensorboard(model_dir / "tensorboard" / f"fold{fold}"))
-    verbose = 0 if args.quiet else 1 if sys.stdout.isatty() else 2
-    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, callbacks=callbacks, verbose=verbose)
-    if best_path.exists():
-        model.load_weights(best_path)
+    if first < args.epochs and not state.state["stopped"] and not state.state["done"]:
+        train_ds = dataset(x_train, y_train, args.batch_size, args.augment, args.seed + fold,
+                           range(first, args.epochs))
+        val_ds = dataset(x_val, y_val, args.batch_size * 2, False, 0)
+        verbose = 0 if args.quiet else 1 if sys.stdout.isatty() else 2
+        model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=first,
+                  steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+    if stop.signalled:
+        log.warning(f"{stop.signalled}: fold {fold} stopped; its {state.state['epoch']} complete epochs are "
+                    f"saved in {state.folder}: run the same command with --resume to continue")
+        raise KeyboardInterrupt
+    state.load_best(model)   # else no epoch completed (time limit): the model as it is
+    with common.atomic_path(final) as tmp:
+        model.save(tmp)
+    state.save(done=True)
     return model
 
 
@@ -347,6 +393,14 @@ def main():
     args = get_args()
     common.setup_logging(args)
     started = time.time()
+    if args.fold != "all" and not (args.fold.isdigit() and int(args.fold) < args.folds):
+        raise UserError(f"--fold {args.fold}: give a fold from 0 to {args.folds - 1}, or 'all'")
+    todo = range(args.folds) if args.fold == "all" else [int(args.fold)]
+    model_dir = args.workdir / "model"
+    leftover = [model_dir / f"backup_fold{f}" for f in todo if (model_dir / f"backup_fold{f}" / resume.STATE).exists()]
+    if leftover and not args.resume:
+        raise UserError(f"{leftover[0]} holds an interrupted run: pass --resume to continue it, "
+                        f"or delete that folder to start afresh")
     deadline = started + args.time_limit if args.time_limit else 0
 
     keras.utils.set_random_seed(args.seed)
@@ -370,8 +424,6 @@ def main():
     mean, std = float(x.mean()), float(x.std()) or 1.0
 
     folds = subject_folds(subjects, args.folds, args.seed)
-    todo = range(args.folds) if args.fold == "all" else [int(args.fold)]
-    model_dir = args.workdir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     probs_oof, val_index = [], []
     for n, fold in enumerate(todo):
@@ -380,8 +432,6 @@ def main():
         log.info(f"fold {fold}: {train.sum()} training, {val.sum()} validation frames "
                  f"(subjects {sorted(set(subjects[val].tolist()))})")
         model = train_fold(args, fold, x[train], y[train], x[val], y[val], mean, std, fold_deadline, strategy)
-        with common.atomic_path(model_dir / f"fold{fold}.keras") as tmp:
-            model.save(tmp)
         # Validate the saved file itself, outside any distribution strategy, exactly as predict.py will.
         saved = keras.models.load_model(model_dir / f"fold{fold}.keras", compile=False)
         probs_oof.append(predict.probabilities([saved], images[val], args.batch_size * 4, args.tta, args.quiet))
@@ -400,9 +450,12 @@ def main():
     save_validation_details(model_dir, index, subjects, folds, truth, final, dice, grid, todo)
     config = {"folds": [f"fold{f}.keras" for f in todo], "threshold": threshold, "min_area": min_area,
               "tta": args.tta, "classes": 1, "validation_dice": score, "precision": precision,
+              "original_size": list(images.shape[1:3]),
               "settings": {k: v for k, v in vars(args).items() if k not in ("raw", "workdir")}}
     with common.atomic_path(model_dir / "config.json") as tmp:
         tmp.write_text(json.dumps(config, indent=2, default=str))
+    for fold in todo:   # the run is complete: nothing left to resume
+        shutil.rmtree(model_dir / f"backup_fold{fold}", ignore_errors=True)
     log.info(f"validation Dice {score:.4f} (threshold {threshold:.2f}, minimum area {min_area} px) "
              f"in {time.time() - started:.0f} s -> {model_dir}")
 
