@@ -311,7 +311,7 @@ def train_fold(args, fold, x_train, y_train, x_val, y_val, mean, std, deadline, 
         resume.truncate_history(history, first)
     args.planned_epochs = int(state.state["logs"].get("planned_epochs", args.epochs))
     planner = PlanEpochs(args, deadline)
-    planner.planned = first > 0
+    planner.planned = planner.planned or first > 0   # a resumed run keeps its plan
     stop = StopOnDeadlineOrSignal(deadline)
     callbacks = [
         planner,

@@ -96,6 +96,7 @@ def test_submission_stays_offline(notebook, stub):
     env, input_dir, working = notebook
     masks = np.zeros((3, 20, 28), np.uint8)
     masks[1, 4:8, 5:9] = 1
+    np.save(working / "imgs_test.npy", np.zeros_like(masks))
     np.save(working / "imgs_mask_test.npy", masks)
     np.save(working / "imgs_id_test.npy", np.array([1, 2, 3], np.int32))
     result = run_script("submission.py", "--submit", "-m", "x", env=env)
