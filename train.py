@@ -3,6 +3,7 @@
     python train.py                       # the kit's defaults, fold 0 of 5
     python train.py --fold all            # every fold: an ensemble, tuned on out-of-fold predictions
     python train.py --preset tutorial     # the 2017 Keras tutorial, exactly
+    python train.py --patch 256           # random 256x256 patches of large images at their own scale
 
 Writes into --workdir/model/: fold<i>.keras, config.json (threshold, minimum area, ...),
 history_fold<i>.csv, and backup_fold<i>/ while a fold is running (for --resume).
@@ -42,8 +43,10 @@ def get_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam")
     p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
                    help="learning-rate schedule over the planned epochs")
-    p.add_argument("--loss", choices=["bce_dice", "dice", "bce", "jaccard", "tversky", "focal_tversky"],
-                   default="bce_dice", help="training loss")
+    p.add_argument("--loss", choices=["bce_dice", "dice", "bce", "jaccard", "tversky", "focal_tversky",
+                                      "cce_dice", "cce", "weighted_cce", "multiclass_dice"],
+                   default="bce_dice", help="training loss (label masks: bce_dice, bce, dice mean their "
+                                            "categorical counterparts cce_dice, cce, multiclass_dice)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                    help="working size (default: chosen from the masks and the time limit)")
     p.add_argument("--width", type=int, default=16, help="filters of the first level (doubling per level)")
@@ -63,6 +66,11 @@ def get_args(argv=None):
     p.add_argument("--gpus", type=int, default=0, help="train on this many GPUs with MirroredStrategy")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
     p.add_argument("--seed", type=int, default=42, help="random seed")
+    p.add_argument("--patch", type=int, default=0,
+                   help="train on random SIZE x SIZE patches at the images' own scale instead of resizing them")
+    p.add_argument("--weights", type=common.Path,
+                   help="initial weights (.weights.h5 or .keras file, e.g. an earlier run's fold0.keras); "
+                        "layers that do not fit start fresh; never downloaded")
     p.set_defaults(batchnorm=True, augment=True, tune=True, tta=True)
     args = p.parse_args(argv)
     if args.preset:
@@ -118,12 +126,12 @@ def load_training_set(work):
     return images, masks, subjects
 
 
-def choose_image_size(masks, time_limit, depth):
+def choose_image_size(masks, time_limit, depth, sizes=None):
     """Working size from the objects' size: the smallest scale that keeps a typical object
     about 24 pixels across, never above 256 pixels on the long side (or 160 on a tight budget)."""
-    h, w = masks.shape[1:3]
+    h, w = np.median(sizes, axis=0) if sizes is not None else masks.shape[1:3]
     sample = masks[:: max(1, len(masks) // 500)]
-    areas = sample.reshape(len(sample), -1).sum(1)
+    areas = (sample.reshape(len(sample), -1) > 0).sum(1)
     areas = areas[areas > 0]
     diameter = 2 * math.sqrt(np.median(areas) / math.pi) if len(areas) else min(h, w)
     scale = min(1.0, 24 / diameter)
@@ -152,16 +160,145 @@ def subject_folds(subjects, k, seed):
     return np.array([fold_of[s] for s in subjects])
 
 
-def dataset(images, masks, batch_size, augment, seed):
-    ds = tf.data.Dataset.from_tensor_slices((images[..., None], masks[..., None]))
+def dataset(images, masks, batch_size, augment, seed, classes=1):
+    ds = tf.data.Dataset.from_tensor_slices((images[..., None] if images.ndim == 3 else images, masks[..., None]))
     if augment:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=augment and len(images) >= batch_size)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.cast(y, tf.float32)))
+    return batches(ds, batch_size, augment and len(images) >= batch_size, augment, seed, classes)
+
+
+def targets(masks, classes):
+    """Binary masks as they are, label masks one-hot (so that augmentation may blend them)."""
+    if classes == 1:
+        return tf.cast(masks, tf.float32)
+    return tf.one_hot(tf.cast(masks[..., 0], tf.int32), classes + 1)
+
+
+def batches(ds, batch_size, drop_remainder, augment, seed, classes):
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), targets(y, classes)))
     if augment:
         augmenter = unet.make_augmenter(seed)
         ds = ds.enumerate().map(lambda i, xy: augmenter(i, *xy), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def resize_masks(masks, size, classes, sizes=None):
+    """Masks at the working size: area-averaging 0/1 then rounding is a majority vote; label
+    masks take the class with the largest area-averaged share of each working pixel."""
+    if classes == 1:
+        return common.resize_stack(masks, size, "area", crop=sizes)
+    shares = [common.resize_stack((np.asarray(masks) == c).view(np.uint8) * np.uint8(255), size, "area", crop=sizes)
+              for c in range(classes + 1)]
+    return np.argmax(np.stack(shares, axis=-1), axis=-1).astype(np.uint8)
+
+
+def class_weights(masks, classes, sizes=None):
+    """Median-frequency balancing of label masks: each class weighs median frequency / its
+    frequency (for weighted_cce). sizes: count each mask's own part only."""
+    if classes == 1:
+        return None
+    counts = np.zeros(classes + 1)
+    for i, mask in enumerate(masks):
+        own = mask if sizes is None else mask[:sizes[i][0], :sizes[i][1]]
+        counts += np.bincount(np.asarray(own).ravel(), minlength=classes + 1)[:classes + 1]
+    freq = counts / counts.sum()
+    return np.where(freq > 0, np.median(freq[freq > 0]) / np.maximum(freq, 1e-12), 1.0).round(4).tolist()
+
+
+# ---------------------------------------------------------------- patches of large images
+
+def crop_patch(image, mask, size, patch, y, x):
+    """A patch x patch crop of an image's own part (size: its H, W), mirrored where the image is smaller."""
+    h, w = size
+    image, mask = image[y:min(h, y + patch), x:min(w, x + patch)], mask[y:min(h, y + patch), x:min(w, x + patch)]
+    pad = [(0, patch - image.shape[0]), (0, patch - image.shape[1])]
+    if pad[0][1] or pad[1][1]:
+        image = np.pad(image, pad + [(0, 0)] * (image.ndim - 2), mode="symmetric")
+        mask = np.pad(mask, pad, mode="symmetric")
+    return image, mask
+
+
+def random_patches(images, masks, sizes, patch, batch_size, seed, classes):
+    """An epoch of random patches, as many as the images hold pixels (patches of large images
+    are drawn more often), each epoch new ones."""
+    areas = sizes.prod(1).astype(float)
+    count = max(batch_size, int(areas.sum() // patch ** 2) // batch_size * batch_size)
+    rng = np.random.default_rng(seed)
+
+    def generate():
+        for i in rng.choice(len(images), count, p=areas / areas.sum()):
+            h, w = sizes[i]
+            y, x = rng.integers(0, max(1, h - patch + 1)), rng.integers(0, max(1, w - patch + 1))
+            image, mask = crop_patch(images[i], masks[i], sizes[i], patch, y, x)
+            yield image[..., None] if image.ndim == 2 else image, mask[..., None]
+
+    channels = images.shape[3] if images.ndim == 4 else 1
+    ds = tf.data.Dataset.from_generator(generate, output_signature=(
+        tf.TensorSpec((patch, patch, channels), tf.uint8), tf.TensorSpec((patch, patch, 1), tf.uint8)))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(count))
+    return batches(ds, batch_size, True, True, seed, classes)
+
+
+def grid_patches(images, masks, sizes, patch):
+    """Every image cut into patches that cover it (the last row and column aligned to its end)."""
+    xs, ys = [], []
+    for image, mask, (h, w) in zip(images, masks, sizes):
+        for y in sorted({*range(0, max(1, h - patch + 1), patch), max(0, h - patch)}):
+            for x in sorted({*range(0, max(1, w - patch + 1), patch), max(0, w - patch)}):
+                a, b = crop_patch(image, mask, (h, w), patch, y, x)
+                xs.append(a)
+                ys.append(b)
+    return np.stack(xs), np.stack(ys)
+
+
+def pixel_statistics(images, sizes, most=200):
+    """Mean and standard deviation of the pixels of (up to `most`) images' own parts."""
+    step = max(1, len(images) // most)
+    pixels = np.concatenate([np.asarray(images[i, :h:2, :w:2], np.float32).ravel()
+                             for i, (h, w) in list(enumerate(sizes))[::step]])
+    return float(pixels.mean()), float(pixels.std()) or 1.0
+
+
+def oof_by_tiles(model, images, sizes, args):
+    """Out-of-fold probabilities of whole images for a model trained on patches, on their canvas."""
+    classes = model.output_shape[-1]
+    out = np.zeros((*images.shape[:3], *([classes] if classes > 1 else [])), np.float32)
+    for i, (h, w) in enumerate(sizes):
+        out[i, :h, :w] = predict.tiled_probabilities([model], images[i, :h, :w], args.patch, args.patch // 4,
+                                                     args.batch_size, args.tta)
+    return out
+
+
+def datasets(args, fold, x_train, y_train, x_val, y_val, sizes):
+    if not args.patch:
+        return (dataset(x_train, y_train, args.batch_size, args.augment, args.seed + fold, args.classes),
+                dataset(x_val, y_val, args.batch_size * 2, False, 0, args.classes))
+    train_ds = random_patches(x_train, y_train, sizes[0], args.patch, args.batch_size, args.seed + fold, args.classes)
+    return train_ds, dataset(*grid_patches(x_val, y_val, sizes[1], args.patch), args.batch_size * 2, False, 0,
+                             args.classes)
+
+
+def load_initial_weights(model, path):
+    """Weights of another run (another data set, size, number of classes or channels): layers
+    whose shapes fit are loaded in order, the rest keep their fresh start; the normalisation
+    stays this data set's."""
+    if not path.exists():
+        raise UserError(f"--weights {path} not found: give a .weights.h5 or .keras file (nothing is downloaded)")
+    norm = [layer for layer in model.layers if isinstance(layer, keras.layers.Normalization)]
+    kept = [layer.get_weights() for layer in norm]
+    before = [w.copy() for w in model.get_weights()]
+    try:
+        model.load_weights(path, skip_mismatch=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--weights {path} cannot be loaded ({str(e).splitlines()[0][:120]}): "
+                        f"give a .weights.h5 or .keras file saved by Keras 3") from None
+    for layer, weights in zip(norm, kept):
+        layer.set_weights(weights)
+    loaded = sum(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    if not loaded:
+        raise UserError(f"--weights {path}: no layer fits this network: use weights of the same architecture")
+    log.info(f"initial weights from {path}: {loaded} of {len(before)} tensors loaded")
 
 
 # ---------------------------------------------------------------- callbacks
@@ -225,18 +362,20 @@ def lr_schedule(args):
 
 # ---------------------------------------------------------------- one fold
 
-def train_fold(args, fold, x_train, y_train, x_val, y_val, mean, std, deadline, strategy):
+def train_fold(args, fold, x_train, y_train, x_val, y_val, mean, std, deadline, strategy, sizes=(None, None)):
     model_dir = args.workdir / "model"
     backup = model_dir / f"backup_fold{fold}"
     if backup.exists() and not args.resume:
         import shutil
         shutil.rmtree(backup)
     with strategy.scope():
-        model = unet.build_unet(x_train.shape[1:3], 1, 1, args.width, args.depth, args.dropout,
+        model = unet.build_unet(args.input_size, args.channels, args.outputs, args.width, args.depth, args.dropout,
                                 args.batchnorm, mean, std)
-        model.compile(keras.optimizers.Adam(args.lr), unet.LOSSES[args.loss], metrics=[unet.DiceScore()])
-    train_ds = dataset(x_train, y_train, args.batch_size, args.augment, args.seed + fold)
-    val_ds = dataset(x_val, y_val, args.batch_size * 2, False, 0)
+        if args.weights:
+            load_initial_weights(model, args.weights)
+        loss = unet.loss_for(args.loss, args.classes, args.class_weights)
+        model.compile(keras.optimizers.Adam(args.lr), loss, metrics=[unet.dice_metric(args.classes)])
+    train_ds, val_ds = datasets(args, fold, x_train, y_train, x_val, y_val, sizes)
 
     best_path = model_dir / f"best_fold{fold}.weights.h5"
     history = model_dir / f"history_fold{fold}.csv"
@@ -284,14 +423,33 @@ def main():
     strategy = distribution(args.gpus)
 
     images, masks, subjects = load_training_set(args.workdir)
-    size = args.image_size or choose_image_size(masks, args.time_limit, args.depth)
+    sizes = common.load_sizes(args.workdir, "train", len(images))   # None: all of the arrays' size
+    own_sizes = sizes if sizes is not None else np.tile(images.shape[1:3], (len(images), 1))
+    args.classes = common.load_classes(args.workdir)
+    args.channels = images.shape[3] if images.ndim == 4 else 1
+    args.outputs = 1 if args.classes == 1 else args.classes + 1
+    if args.classes > 1:   # the default (binary) loss names stand for their categorical counterparts
+        args.loss = unet.CATEGORICAL_COUNTERPART.get(args.loss, args.loss)
+    size = [args.patch] * 2 if args.patch else args.image_size or choose_image_size(masks, args.time_limit,
+                                                                                    args.depth, sizes)
     if size[0] % 2 ** args.depth or size[1] % 2 ** args.depth:
-        raise UserError(f"--image-size {size[0]} {size[1]} must be a multiple of {2 ** args.depth} (2^depth)")
-    log.info(f"{len(images)} images {images.shape[2]}x{images.shape[1]} -> working size {size[1]}x{size[0]}, "
-             f"{precision}, loss {args.loss}, {strategy.num_replicas_in_sync} replica(s)")
-    x = common.resize_stack(images, size, "area")
-    y = common.resize_stack(masks, size, "area")   # area-averaging 0/1 then rounding: majority vote
-    mean, std = float(x.mean()), float(x.std()) or 1.0
+        flag = f"--patch {args.patch}" if args.patch else f"--image-size {size[0]} {size[1]}"
+        raise UserError(f"{flag} must be a multiple of {2 ** args.depth} (2^depth)")
+    args.input_size = size
+    h, w = np.median(own_sizes, axis=0).astype(int)
+    log.info(f"{len(images)} images {w}x{h}{' (median: mixed sizes)' if sizes is not None else ''} -> "
+             f"{'patches' if args.patch else 'working size'} {size[1]}x{size[0]}, {args.channels} channel(s), "
+             f"{args.classes} class(es), {precision}, loss {args.loss}, {strategy.num_replicas_in_sync} replica(s)")
+    if args.patch:   # the images as they are; patches are cut while training
+        x, y = images, masks
+        mean, std = pixel_statistics(images, own_sizes)
+        scale = [1.0, 1.0]
+    else:
+        x = common.resize_stack(images, size, "area", crop=sizes)
+        y = resize_masks(masks, size, args.classes, sizes)
+        mean, std = float(x.mean()), float(x.std()) or 1.0
+        scale = (np.array(size) / np.median(own_sizes, axis=0)).round(6).tolist()
+    args.class_weights = class_weights(y, args.classes, own_sizes if args.patch else None)
 
     folds = subject_folds(subjects, args.folds, args.seed)
     todo = range(args.folds) if args.fold == "all" else [int(args.fold)]
@@ -303,25 +461,38 @@ def main():
         train, val = folds != fold, folds == fold
         log.info(f"fold {fold}: {train.sum()} training, {val.sum()} validation frames "
                  f"(subjects {sorted(set(subjects[val].tolist()))})")
-        model = train_fold(args, fold, x[train], y[train], x[val], y[val], mean, std, fold_deadline, strategy)
+        model = train_fold(args, fold, x[train], y[train], x[val], y[val], mean, std, fold_deadline, strategy,
+                           sizes=(own_sizes[train], own_sizes[val]))
         with common.atomic_path(model_dir / f"fold{fold}.keras") as tmp:
             model.save(tmp)
-        probs_oof.append(predict.probabilities([model], images[val], args.batch_size * 4, args.tta, args.quiet))
+        if args.patch:
+            probs_oof.append(oof_by_tiles(model, images[val], own_sizes[val], args))
+        else:
+            probs_oof.append(predict.probabilities([model], images[val], args.batch_size * 4, args.tta, args.quiet,
+                                                   sizes=None if sizes is None else sizes[val]))
         val_index.append(np.flatnonzero(val))
 
     probs = np.concatenate(probs_oof)
     index = np.concatenate(val_index)
-    threshold, min_area = 0.5, 0
-    if args.tune:
-        pixel_area = images.shape[1] * images.shape[2] / (size[0] * size[1])
-        threshold, min_area = predict.tune_postprocessing(probs, y[index], pixel_area)
     truth = masks[index]
-    score = common.mean_dice(predict.final_masks(probs, truth.shape[1:], threshold, min_area), truth)
+    threshold, min_area = 0.5, 0
+    if args.tune and args.classes == 1:
+        pixel_area = 1.0 if args.patch else float(np.prod(np.median(own_sizes, axis=0)) / (size[0] * size[1]))
+        threshold, min_area = predict.tune_postprocessing(probs, truth if args.patch else y[index], pixel_area)
+    # Tiled probabilities lie on the canvas already; whole-image ones go back to each image's size.
+    place = None if args.patch or sizes is None else sizes[index]
+    pred = predict.final_masks(probs, truth.shape[1:3], threshold, min_area, sizes=place)
+    scores = common.class_scores(pred, truth, args.classes)
+    score = common.mean_dice(pred, truth) if args.classes == 1 else float(np.mean([d for d, _ in scores.values()]))
     config = {"folds": [f"fold{f}.keras" for f in todo], "threshold": threshold, "min_area": min_area,
-              "tta": args.tta, "classes": 1, "validation_dice": score, "precision": precision,
+              "tta": args.tta, "classes": args.classes, "validation_dice": score, "precision": precision,
+              "scale": scale, "tile": args.patch,
+              "class_scores": {c: {"dice": d, "iou": j} for c, (d, j) in scores.items()},
               "settings": {k: v for k, v in vars(args).items() if k not in ("raw", "workdir")}}
     with common.atomic_path(model_dir / "config.json") as tmp:
         tmp.write_text(json.dumps(config, indent=2, default=str))
+    log.info(f"per-class scores on {len(index)} validation images (mean over images):\n"
+             f"{common.format_class_scores(scores)}")
     log.info(f"validation Dice {score:.4f} (threshold {threshold:.2f}, minimum area {min_area} px) "
              f"in {time.time() - started:.0f} s -> {model_dir}")
 
