@@ -281,24 +281,21 @@ def datasets(args, fold, x_train, y_train, x_val, y_val, sizes):
 
 def load_initial_weights(model, path):
     """Weights of another run (another data set, size, number of classes or channels): layers
-    whose shapes fit are loaded in order, the rest keep their fresh start; the normalisation
-    stays this data set's."""
+    whose shapes fit are loaded in order, the rest keep their fresh start. The normalisation
+    statistics are constants of the model, not weights: they stay this data set's."""
     if not path.exists():
         raise UserError(f"--weights {path} not found: give a .weights.h5 or .keras file (nothing is downloaded)")
-    norm = [layer for layer in model.layers if isinstance(layer, keras.layers.Normalization)]
-    kept = [layer.get_weights() for layer in norm]
     before = [w.copy() for w in model.get_weights()]
     try:
         model.load_weights(path, skip_mismatch=True)
     except (OSError, ValueError) as e:
         raise UserError(f"--weights {path} cannot be loaded ({str(e).splitlines()[0][:120]}): "
                         f"give a .weights.h5 or .keras file saved by Keras 3") from None
-    for layer, weights in zip(norm, kept):
-        layer.set_weights(weights)
-    loaded = sum(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-    if not loaded:
+    changed = sum(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    if not changed:
         raise UserError(f"--weights {path}: no layer fits this network: use weights of the same architecture")
-    log.info(f"initial weights from {path}: {loaded} of {len(before)} tensors loaded")
+    log.info(f"initial weights from {path}: {changed} of {len(before)} weight tensors changed "
+             f"(layers of other shapes start fresh)")
 
 
 # ---------------------------------------------------------------- callbacks
