@@ -2,12 +2,14 @@
 paired by name, and per-image folders with instance masks like the 2018 Data Science Bowl's
 (<id>/images/<id>.png, <id>/masks/*.png, merged into one mask).
 
-Images may be PNG, TIFF, JPEG, BMP or GIF, 8-bit grayscale or colour, and of mixed sizes: a set
-is stored top-left on a canvas as large as its largest image, zero elsewhere, with each image's
-own size in imgs_size_<split>.npy, so that predictions come back at each image's original size.
-Masks are binary (0/255 or 0/1) or, with --classes K, labels 0..K; palette PNGs are read as
-their label indices. --label-map FROM:TO remaps mask values first (e.g. 0:1 255:0 when 0 marks
-the foreground).
+Images may be PNG, TIFF, JPEG, BMP or GIF, 8-bit grayscale or colour (--channels 3 keeps RGB).
+Sets of mixed sizes are stored without resizing: top-left on a canvas as large as the largest
+image, zero elsewhere, with each image's own (H, W) in imgs_size_<split>.npy (written only when
+the sizes differ), so that training crops each image's own part and predictions come back at
+each image's original size. Masks are binary (0/255 or 0/1) or, with --classes K, labels 0..K
+(data.json records K for train.py); palette PNGs are read as their label indices, instance
+masks are merged. --label-map FROM:TO remaps mask values first (e.g. 0:1 255:0 where 0 marks
+the foreground). Test masks, when given, are kept as imgs_truth_test.npy for submission.py to score.
 """
 
 import contextlib
