@@ -95,13 +95,14 @@ def test_weights_of_another_run_load_where_they_fit(tmp_path):
         train.load_initial_weights(target, tmp_path / "missing.keras")
 
 
-def test_a_softmax_unet_end_to_end_on_mixed_sizes(tmp_path):
+def test_a_softmax_unet_end_to_end_on_mixed_sizes_in_colour(tmp_path):
     sizes = [(48, 64), (64, 48), (56, 56)] * 6
     write_pairs(tmp_path / "img", tmp_path / "msk", sizes, classes=2)
     write_pairs(tmp_path / "test", tmp_path / "test_msk", [(40, 72), (64, 64), (50, 46)], classes=2, seed=1)
     work = tmp_path / "work"
-    run_script("data.py", "--images", tmp_path / "img", "--masks", tmp_path / "msk", "--classes", 2,
+    run_script("data.py", "--images", tmp_path / "img", "--masks", tmp_path / "msk", "--classes", 2, "--channels", 3,
                "--test-images", tmp_path / "test", "--test-masks", tmp_path / "test_msk", "--workdir", work, "-q")
+    assert np.load(work / "imgs_train.npy").shape == (18, 64, 64, 3)
     result = run_script("train.py", "--workdir", work, "--epochs", 3, "--image-size", 32, 32, "--width", 8,
                         "--depth", 2, "--folds", 3, "--batch-size", 4, "--loss", "weighted_cce")
     for line in ("class 1: Dice", "class 2: Dice", "mean:    Dice"):
