@@ -5,7 +5,6 @@
     python data.py --demo       # write a small synthetic competition into --raw first
     python data.py --images DIR --masks DIR --test-images DIR   # any folder of images and masks
 
-
 Outputs in --workdir: imgs_train.npy (N, H, W) uint8, imgs_mask_train.npy (N, H, W) {0, 1},
 imgs_subject_train.npy (N,), imgs_test.npy (M, H, W) uint8, imgs_id_test.npy (M,) sorted,
 data.json (the number of foreground classes). Other layouts, colour, mixed sizes and label

@@ -30,17 +30,17 @@ FOLDER_OUTPUTS = ("imgs_train", "imgs_mask_train", "imgs_subject_train", "imgs_t
 
 def add_arguments(p):
     g = p.add_argument_group("other layouts (instead of the competition's raw/train and raw/test)")
-    g.add_argument("--images", type=common.Path, help="folder of training images, paired with --masks by name")
-    g.add_argument("--masks", type=common.Path, help="folder of training masks")
+    g.add_argument("--images", type=common.Path, metavar="DIR", help="folder of training images, paired with --masks by name")
+    g.add_argument("--masks", type=common.Path, metavar="DIR", help="folder of training masks")
     g.add_argument("--mask-suffix", default="", help="a mask's name is its image's name plus this (e.g. _mask)")
-    g.add_argument("--dsb", type=common.Path,
+    g.add_argument("--dsb", type=common.Path, metavar="DIR",
                    help="folder of <id>/images/<id>.png with <id>/masks/*.png (instance masks, merged)")
-    g.add_argument("--test-images", type=common.Path, help="folder of test images (or of DSB-style <id>/ folders)")
-    g.add_argument("--test-masks", type=common.Path, help="their masks, kept as imgs_truth_test.npy for scoring")
-    g.add_argument("--holdout", type=int, default=0,
+    g.add_argument("--test-images", type=common.Path, metavar="DIR", help="folder of test images (or of DSB-style <id>/ folders)")
+    g.add_argument("--test-masks", type=common.Path, metavar="DIR", help="their masks, kept as imgs_truth_test.npy for scoring")
+    g.add_argument("--holdout", type=int, default=0, metavar="N",
                    help="the last N training images (by name) become the test set, their masks kept for scoring")
     g.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1: grayscale, 3: RGB")
-    g.add_argument("--classes", type=int, default=1,
+    g.add_argument("--classes", type=int, default=1, metavar="K",
                    help="foreground classes: 1 for binary masks, K for label masks 0..K (softmax U-Net)")
     g.add_argument("--label-map", nargs="+", default=[], metavar="FROM:TO",
                    help="mask values to remap before checking them, e.g. 0:1 255:0")

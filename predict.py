@@ -29,11 +29,11 @@ def get_args():
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--chunk", type=int, default=512, help="images held in memory at once")
     p.add_argument("--previews", type=int, default=8, help="preview PNGs to write")
-    p.add_argument("--tile", type=int, default=0,
+    p.add_argument("--tile", type=int, default=0, metavar="SIZE",
                    help="predict at the training scale in overlapping SIZE x SIZE tiles, one image at a time "
                         "(0: resize whole images, or the patch size for a model trained with --patch)")
-    p.add_argument("--overlap", type=int, default=0, help="pixels shared by neighbouring tiles (0: a quarter of the tile)")
-    p.add_argument("--png", type=common.Path, help="also write each mask as <id>.png at its image's size into this folder")
+    p.add_argument("--overlap", type=int, default=0, metavar="PIXELS", help="pixels shared by neighbouring tiles (0: a quarter of the tile)")
+    p.add_argument("--png", type=common.Path, metavar="DIR", help="also write each mask as <id>.png at its image's size into this folder")
     return p.parse_args()
 
 

@@ -66,9 +66,9 @@ def get_args(argv=None):
     p.add_argument("--gpus", type=int, default=0, help="train on this many GPUs with MirroredStrategy")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
     p.add_argument("--seed", type=int, default=42, help="random seed")
-    p.add_argument("--patch", type=int, default=0,
+    p.add_argument("--patch", type=int, default=0, metavar="SIZE",
                    help="train on random SIZE x SIZE patches at the images' own scale instead of resizing them")
-    p.add_argument("--weights", type=common.Path,
+    p.add_argument("--weights", type=common.Path, metavar="FILE",
                    help="initial weights (.weights.h5 or .keras file, e.g. an earlier run's fold0.keras); "
                         "layers that do not fit start fresh; never downloaded")
     p.set_defaults(batchnorm=True, augment=True, tune=True, tta=True)
