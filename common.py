@@ -184,16 +184,27 @@ def load_npy(path, what, fix, mmap=False):
 INTERPOLATION = {"area": 3, "linear": 1, "nearest": 0}   # cv2.INTER_AREA, INTER_LINEAR, INTER_NEAREST
 
 
-def resize_stack(images, size, interpolation, out=None):
-    """Resize a stack of 2-D images to size (H, W), in parallel threads (OpenCV drops the GIL)."""
+def resize_stack(images, size, interpolation, out=None, crop=None, place=None):
+    """Resize a stack of images (N, H, W[, C]) to size (H, W), in parallel threads (OpenCV drops
+    the GIL). Sets of mixed sizes are stored top-left on a common canvas with each one's size:
+    crop=sizes resizes each image's own part, place=sizes resizes each to its own size on the canvas."""
     import cv2
     from concurrent.futures import ThreadPoolExecutor
     h, w = size
     if out is None:
-        out = np.empty((len(images), h, w), images.dtype)
+        out = np.empty((len(images), h, w, *images.shape[3:]), images.dtype)
 
     def one(i):
-        out[i] = cv2.resize(np.asarray(images[i]), (w, h), interpolation=INTERPOLATION[interpolation])
+        image = np.asarray(images[i])
+        if crop is not None:
+            image = image[:crop[i][0], :crop[i][1]]
+        if place is None:
+            out[i] = cv2.resize(image, (w, h), interpolation=INTERPOLATION[interpolation]).reshape(out[i].shape)
+        else:
+            ph, pw = place[i]
+            out[i] = 0
+            out[i, :ph, :pw] = cv2.resize(image, (int(pw), int(ph)),
+                                          interpolation=INTERPOLATION[interpolation]).reshape(out[i, :ph, :pw].shape)
 
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(one, range(len(images))))
@@ -213,3 +224,44 @@ def dice_per_image(pred, truth):
 
 def mean_dice(pred, truth):
     return float(dice_per_image(pred, truth).mean()) if len(pred) else float("nan")
+
+
+def iou_per_image(pred, truth):
+    """Intersection over union of each image of a batch; 1 where both masks are empty."""
+    pred = np.asarray(pred, bool).reshape(len(pred), -1)
+    truth = np.asarray(truth, bool).reshape(len(truth), -1)
+    inter = np.count_nonzero(pred & truth, axis=1)
+    union = np.count_nonzero(pred | truth, axis=1)
+    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def class_scores(pred, truth, classes):
+    """{class: (mean Dice, mean IoU)} over images for classes 1..classes of label masks."""
+    return {c: (float(dice_per_image(pred == c, truth == c).mean()), float(iou_per_image(pred == c, truth == c).mean()))
+            for c in range(1, classes + 1)}
+
+
+def format_class_scores(scores):
+    lines = [f"  class {c}: Dice {d:.4f}  IoU {j:.4f}" for c, (d, j) in scores.items()]
+    dice, iou = np.mean([d for d, _ in scores.values()]), np.mean([j for _, j in scores.values()])
+    return "\n".join(lines + [f"  mean:    Dice {dice:.4f}  IoU {iou:.4f}"])
+
+
+# ---------------------------------------------------------------- what data.py found out
+
+def load_sizes(work, split, n):
+    """Each image's own (H, W) when a set mixes sizes (data.py wrote imgs_size_<split>.npy), else None."""
+    path = Path(work) / f"imgs_size_{split}.npy"
+    if not path.exists():
+        return None
+    sizes = load_npy(path, "size array", "run `python data.py` again")
+    if sizes.shape != (n, 2):
+        raise UserError(f"{path} holds {sizes.shape} sizes for {n} images: run `python data.py` again")
+    return sizes
+
+
+def load_classes(work):
+    """Foreground classes of the masks: 1 for binary masks, K for labels 0..K (data.py --classes)."""
+    import json
+    path = Path(work) / "data.json"
+    return int(json.loads(path.read_text())["classes"]) if path.exists() else 1

@@ -3,9 +3,12 @@
     python data.py              # raw/train, raw/test (or the zips in raw/) -> work/*.npy
     python data.py --download   # fetch the competition from Kaggle first
     python data.py --demo       # write a small synthetic competition into --raw first
+    python data.py --images DIR --masks DIR --test-images DIR   # any folder of images and masks
 
 Outputs in --workdir: imgs_train.npy (N, H, W) uint8, imgs_mask_train.npy (N, H, W) {0, 1},
-imgs_subject_train.npy (N,), imgs_test.npy (M, H, W) uint8, imgs_id_test.npy (M,) sorted.
+imgs_subject_train.npy (N,), imgs_test.npy (M, H, W) uint8, imgs_id_test.npy (M,) sorted,
+data.json (the number of foreground classes). Other layouts, colour, mixed sizes and label
+masks: see layouts.py.
 """
 
 import contextlib
@@ -22,6 +25,7 @@ import cv2
 import numpy as np
 
 import common
+import layouts
 from common import UserError, log
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
@@ -44,6 +48,7 @@ def get_args():
                    help="skip training images without a mask (and masks without an image)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="decoding threads")
     p.add_argument("--seed", type=int, default=0, help="seed of the demo data")
+    layouts.add_arguments(p)
     return p.parse_args()
 
 
@@ -307,6 +312,8 @@ def main():
     args = get_args()
     common.setup_logging(args)
     raw, work = args.raw, args.workdir
+    if args.images or args.dsb:
+        return layouts.convert(args)
     if args.demo:
         make_demo(raw, *args.demo_size, args.demo_subjects, args.seed, args.quiet)
     if args.download:
@@ -330,6 +337,7 @@ def main():
         decode_into(out["imgs_test"], tests, False, args.workers, args.quiet, "test images")
         np.save(out["imgs_subject_train"], subjects)
         np.save(out["imgs_id_test"], ids)
+    layouts.write_competition_info(work)
     log.info(f"{len(images)} training images of {len(set(subjects.tolist()))} subjects, "
              f"{len(tests)} test images -> {work}")
 

@@ -92,6 +92,55 @@ LOSSES = {"dice": dice_loss, "bce": bce_loss, "bce_dice": bce_dice_loss, "jaccar
           "tversky": tversky_loss, "focal_tversky": focal_tversky_loss}
 
 
+# Label masks (softmax over background + K classes) train on one-hot targets.
+
+def cce_loss(y_true, y_pred):
+    return ops.mean(keras.losses.categorical_crossentropy(ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")))
+
+
+def weighted_cce(class_weights):
+    """Cross-entropy with each pixel weighted by its true class (rare classes count more)."""
+    weights = ops.convert_to_tensor(class_weights, "float32")
+
+    def weighted_cce_loss(y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        per_pixel = keras.losses.categorical_crossentropy(y_true, ops.cast(y_pred, "float32"))
+        return ops.mean(per_pixel * ops.sum(y_true * weights, axis=-1))
+
+    return weighted_cce_loss
+
+
+def multiclass_dice_loss(y_true, y_pred):
+    """Mean over the foreground classes of the batch-wide soft Dice loss."""
+    classes = y_pred.shape[-1]
+    return ops.mean(ops.stack([dice_loss(y_true[..., c], y_pred[..., c]) for c in range(1, classes)]))
+
+
+def cce_dice_loss(y_true, y_pred):
+    return cce_loss(y_true, y_pred) + multiclass_dice_loss(y_true, y_pred)
+
+
+CATEGORICAL_LOSSES = {"cce": cce_loss, "multiclass_dice": multiclass_dice_loss, "cce_dice": cce_dice_loss}
+# The binary losses' categorical counterparts, so that a loss flag works for both kinds of mask.
+CATEGORICAL_COUNTERPART = {"bce": "cce", "dice": "multiclass_dice", "bce_dice": "cce_dice"}
+
+
+def loss_for(name, classes, class_weights=None):
+    """The loss function called `name` for binary masks (classes 1) or label masks (classes > 1)."""
+    if classes == 1:
+        if name not in LOSSES:
+            raise common.UserError(f"--loss {name} needs label masks (data.py --classes K with K > 1): "
+                                   f"choose one of {', '.join(LOSSES)}")
+        return LOSSES[name]
+    name = CATEGORICAL_COUNTERPART.get(name, name)
+    if name == "weighted_cce":
+        return weighted_cce(class_weights)
+    if name not in CATEGORICAL_LOSSES:
+        raise common.UserError(f"--loss {name} is for binary masks: with {classes} classes choose one of "
+                               f"{', '.join([*CATEGORICAL_LOSSES, 'weighted_cce'])}")
+    return CATEGORICAL_LOSSES[name]
+
+
 # ---------------------------------------------------------------- the metric
 
 class DiceScore(keras.metrics.Metric):
@@ -122,6 +171,25 @@ class DiceScore(keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "threshold": self.threshold}
+
+
+class MulticlassDiceScore(DiceScore):
+    """DiceScore for label masks: per-image hard Dice of each foreground class (1 where the class
+    is absent from both), averaged over images and classes."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        classes = y_pred.shape[-1]
+        truth = ops.one_hot(ops.argmax(y_true, axis=-1), classes)
+        pred = ops.one_hot(ops.argmax(y_pred, axis=-1), classes)
+        inter = ops.sum(truth * pred, axis=(1, 2))[:, 1:]
+        total = (ops.sum(truth, axis=(1, 2)) + ops.sum(pred, axis=(1, 2)))[:, 1:]
+        dice = ops.where(total == 0, 1.0, 2 * inter / ops.maximum(total, 1.0))
+        self.total.assign_add(ops.sum(dice))
+        self.count.assign_add(ops.cast(ops.shape(dice)[0] * (classes - 1), "float32"))
+
+
+def dice_metric(classes):
+    return DiceScore() if classes == 1 else MulticlassDiceScore()
 
 
 # ---------------------------------------------------------------- augmentation

@@ -7,7 +7,10 @@
 
 The masks are encoded exactly as predict.py wrote them: no threshold or clean-up here.
 Encoding: pairs of 1-indexed start and run length, pixels numbered top to bottom, then
-left to right (column-major); an empty field for an empty mask.
+left to right (column-major); an empty field for an empty mask. Other competitions:
+--id-column, --mask-column, --rle-order C (row-major), --rle-start 0. Label masks (0..K)
+give one row per image and class, with id <id>_<class>. Where data.py kept the test set's
+masks (imgs_truth_test.npy), the CSV is scored against them, class by class.
 """
 
 import re
@@ -31,20 +34,26 @@ def get_args():
     p.add_argument("--scores", action="store_true", help="list recent submissions and exit")
     p.add_argument("--competition", default=common.COMPETITION, help="Kaggle competition slug")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the score")
+    p.add_argument("--id-column", default="img", help="header of the id column")
+    p.add_argument("--mask-column", default="pixels", help="header of the run-length column")
+    p.add_argument("--rle-order", choices=["F", "C"], default="F",
+                   help="pixel numbering: F column-major (top to bottom first), C row-major (left to right first)")
+    p.add_argument("--rle-start", type=int, choices=[1, 0], default=1, help="number of the first pixel")
     return p.parse_args()
 
 
 # ---------------------------------------------------------------- run-length encoding
 
-def rle_encode(mask):
-    """'start length start length ...' of a 2-D binary mask, column-major, 1-indexed."""
-    pixels = np.concatenate([[0], np.asarray(mask).ravel(order="F") > 0, [0]]).astype(np.int8)
-    edges = np.flatnonzero(np.diff(pixels)) + 1
+def rle_encode(mask, order="F", start=1):
+    """'start length start length ...' of a 2-D binary mask, column-major (order F) or row-major
+    (C), pixels numbered from `start`."""
+    pixels = np.concatenate([[0], np.asarray(mask).ravel(order=order) > 0, [0]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(pixels)) + start
     edges[1::2] -= edges[::2]
     return " ".join(map(str, edges))
 
 
-def rle_decode(text, shape):
+def rle_decode(text, shape, order="F", start=1):
     """The mask that rle_encode() turned into `text`; ValueError if the runs are malformed."""
     h, w = shape
     numbers = text.split()
@@ -55,7 +64,7 @@ def rle_decode(text, shape):
     runs = np.array(numbers, dtype=np.int64).reshape(-1, 2) if len(numbers) % 2 == 0 else None
     if runs is None:
         raise ValueError("runs must come in start/length pairs")
-    starts, lengths = runs[:, 0] - 1, runs[:, 1]
+    starts, lengths = runs[:, 0] - start, runs[:, 1]
     ends = starts + lengths
     if (starts < 0).any() or (lengths < 1).any() or (ends > h * w).any():
         raise ValueError(f"a run lies outside the {w}x{h} image or is empty")
@@ -64,54 +73,75 @@ def rle_decode(text, shape):
     flat = np.zeros(h * w + 1, np.int8)
     np.add.at(flat, starts, 1)
     np.add.at(flat, ends, -1)
-    return (np.cumsum(flat[:-1]) > 0).astype(np.uint8).reshape((w, h)).T
+    mask = (np.cumsum(flat[:-1]) > 0).astype(np.uint8)
+    return mask.reshape((w, h)).T if order == "F" else mask.reshape((h, w))
 
 
 # ---------------------------------------------------------------- the CSV
 
-def write_submission(path, masks, ids, quiet):
+def row_ids(ids, classes):
+    """The CSV's ids: the images' own for binary masks, <id>_<class> for label masks."""
+    if classes == 1:
+        return list(ids)
+    return [f"{i}_{c}" for i in ids for c in range(1, classes + 1)]
+
+
+def write_submission(path, masks, ids, quiet, sizes=None, classes=1, header=HEADER, rle=("F", 1)):
+    """One row per image (per image and class for label masks), sorted by id; each mask at
+    its own size where sizes (H, W) are given."""
     order = np.argsort(ids, kind="stable")
     with common.atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(HEADER + "\n")
+        f.write(header + "\n")
         for i in common.progress(order, quiet, desc="encode"):
-            f.write(f"{ids[i]},{rle_encode(masks[i])}\n")
+            mask = np.asarray(masks[i]) if sizes is None else np.asarray(masks[i])[:sizes[i][0], :sizes[i][1]]
+            if classes == 1:
+                f.write(f"{ids[i]},{rle_encode(mask, *rle)}\n")
+            for c in range(1, classes + 1) if classes > 1 else ():
+                f.write(f"{ids[i]}_{c},{rle_encode(mask == c, *rle)}\n")
 
 
-def read_submission(path, shape, expected_ids=None):
-    """{id: run string}, with every problem raised as a UserError naming the line."""
+def read_submission(path, shape, expected_ids=None, header=HEADER, rle=("F", 1)):
+    """{id: run string}, with every problem raised as a UserError naming the line. shape: the
+    masks' (H, W), or {id: (H, W)}. Ids are integers unless expected_ids are text."""
+    as_int = expected_ids is None or all(isinstance(i, (int, np.integer)) for i in expected_ids)
     rows = {}
     with open(path, encoding="utf-8", errors="replace") as f:   # undecodable bytes fail the checks below
-        if f.readline().strip() != HEADER:
-            raise UserError(f"{path}: the first line must be '{HEADER}'")
+        if f.readline().strip() != header:
+            raise UserError(f"{path}: the first line must be '{header}'")
         for n, line in enumerate(f, start=2):
-            match = re.fullmatch(r"([0-9]{1,18}),([0-9 ]*)", line.rstrip("\r\n"))
+            match = re.fullmatch(r"([^,\s]+),([0-9 ]*)", line.rstrip("\r\n"))
             if not match:
                 raise UserError(f"{path}:{n}: expected '<id>,<runs>', got {line.strip()[:60]!r}")
-            i = int(match.group(1))
+            i = int(match.group(1)) if as_int and re.fullmatch(r"[0-9]{1,18}", match.group(1)) else match.group(1)
             if i in rows:
                 raise UserError(f"{path}:{n}: id {i} appears twice")
+            if isinstance(shape, dict) and i not in shape:
+                raise UserError(f"{path}:{n}: id {i} is not in the test set")
             try:
-                rle_decode(match.group(2), shape)
+                rle_decode(match.group(2), shape[i] if isinstance(shape, dict) else shape, *rle)
             except ValueError as e:
                 raise UserError(f"{path}:{n}: id {i}: {e}") from None
             rows[i] = match.group(2).strip()
-    if expected_ids is not None and set(rows) != set(int(i) for i in expected_ids):
-        missing = sorted(set(int(i) for i in expected_ids) - set(rows))[:5]
-        extra = sorted(set(rows) - set(int(i) for i in expected_ids))[:5]
+    if expected_ids is not None and set(map(str, rows)) != set(map(str, expected_ids)):
+        missing = sorted(set(map(str, expected_ids)) - set(map(str, rows)))[:5]
+        extra = sorted(set(map(str, rows)) - set(map(str, expected_ids)))[:5]
         raise UserError(f"{path}: ids differ from the test set (missing {missing}, unexpected {extra}): "
                         f"run `python predict.py` and `python submission.py` again")
     return rows
 
 
-def sample_ids(raw):
+def sample_ids(raw, column="img"):
     path = raw / "sample_submission.csv"
     if not path.exists():
         return None
     import pandas as pd
     try:
-        return pd.read_csv(path)["img"].to_numpy()
-    except Exception as e:   # unparsable, or no img column: either way the same fix
+        table = pd.read_csv(path, dtype=str)
+    except Exception as e:   # unparsable: the same fix whatever the cause
         raise UserError(f"{path} is damaged ({type(e).__name__}): download it again") from None
+    if column not in table:
+        raise UserError(f"{path} has no column {column!r} (it has {', '.join(table.columns)}): set --id-column")
+    return table[column].to_numpy()
 
 
 def local_score(rows, truth_dir, shape):
@@ -127,6 +157,17 @@ def local_score(rows, truth_dir, shape):
                             f"{shape[1]}x{shape[0]}: give --truth this test set's answers")
         scores.append(common.dice_per_image(rle_decode(runs, shape)[None], truth[None] > 0)[0])
     return float(np.mean(scores))
+
+
+def truth_scores(rows, truth, ids, sizes, classes, rle):
+    """Per-class Dice and IoU of the CSV's masks (decoded again) against data.py's test masks."""
+    pred = np.zeros(truth.shape, np.uint8)
+    for n, i in enumerate(ids):
+        h, w = sizes[n] if sizes is not None else truth.shape[1:]
+        for c in range(1, classes + 1):
+            key = i if classes == 1 else f"{i}_{c}"
+            pred[n, :h, :w][rle_decode(rows[key], (h, w), *rle) > 0] = c
+    return common.class_scores(pred, np.asarray(truth), classes)
 
 
 # ---------------------------------------------------------------- main
@@ -153,29 +194,40 @@ def main():
     output = common.Path(args.output) if args.output else work / "submission.csv"
     fix = "run `python data.py` and `python predict.py` first"
     ids = common.load_npy(work / "imgs_id_test.npy", "test id array", fix)
-    expected = sample_ids(args.raw)
-    if expected is not None and set(expected.tolist()) != set(ids.tolist()):
+    classes = common.load_classes(work)
+    sizes = common.load_sizes(work, "test", len(ids))
+    expected = sample_ids(args.raw, args.id_column)
+    if expected is not None and set(expected.tolist()) != set(map(str, row_ids(ids, classes))):
         raise UserError(f"the test ids in {work} differ from {args.raw}/sample_submission.csv: "
                         f"run `python data.py` again on the full test set")
     test_shape = common.load_npy(work / "imgs_test.npy", "test image array", fix, mmap=True).shape
 
+    header, rle = f"{args.id_column},{args.mask_column}", (args.rle_order, args.rle_start)
     if args.check:
         output = common.Path(args.check)
         if not output.is_file():
             raise UserError(f"{output} not found: give --check the path of a submission CSV")
     else:
         masks = common.load_npy(work / "imgs_mask_test.npy", "mask array", fix, mmap=True)
-        binary = masks.dtype == np.uint8 and masks[:16].max(initial=0) <= 1
-        if masks.shape != test_shape or len(masks) != len(ids) or not binary:
+        valid = masks.dtype == np.uint8 and masks[:16].max(initial=0) <= classes
+        if masks.shape[:3] != test_shape[:3] or len(masks) != len(ids) or not valid:
+            kind = "binary masks" if classes == 1 else f"label masks 0..{classes}"
             raise UserError(f"{work}/imgs_mask_test.npy (shape {masks.shape}, {masks.dtype}) does not match the "
-                            f"test set ({len(ids)} ids, images {test_shape}) as binary masks: "
+                            f"test set ({len(ids)} ids, images {test_shape}) as {kind}: "
                             f"run `python predict.py` again")
-        write_submission(output, masks, ids, args.quiet)
-    rows = read_submission(output, test_shape[1:], ids)
+        write_submission(output, masks, ids, args.quiet, sizes, classes, header, rle)
+    shape = test_shape[1:3] if sizes is None else {
+        key: tuple(sizes[n]) for n, i in enumerate(ids) for key in row_ids([i], classes)}
+    rows = read_submission(output, shape, row_ids(ids, classes), header, rle)
     empty = sum(1 for r in rows.values() if not r)
     log.info(f"{len(rows)} rows ({empty} empty) {'in' if args.check else '->'} {output}")
     if args.truth:
-        print(f"local score (mean Dice): {local_score(rows, args.truth, test_shape[1:]):.4f}")
+        print(f"local score (mean Dice): {local_score(rows, args.truth, test_shape[1:3]):.4f}")
+    elif (work / "imgs_truth_test.npy").exists():
+        truth = common.load_npy(work / "imgs_truth_test.npy", "test mask array", "run `python data.py` again", mmap=True)
+        scores = truth_scores(rows, truth, ids, sizes, classes, rle)
+        print(f"local score (mean Dice): {np.mean([d for d, _ in scores.values()]):.4f}  "
+              f"(test masks kept by data.py; mean over images, then classes)\n{common.format_class_scores(scores)}")
     if args.submit and common.in_kaggle_notebook():
         # Notebooks run offline: Kaggle takes the submission from the notebook's output.
         log.info(f"in a Kaggle notebook: not uploading; {output} is the notebook's output, "

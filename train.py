@@ -3,6 +3,7 @@
     python train.py                       # the kit's defaults, fold 0 of 5
     python train.py --fold all            # every fold: an ensemble, tuned on out-of-fold predictions
     python train.py --preset tutorial     # the 2017 Keras tutorial, exactly
+    python train.py --patch 256           # random 256x256 patches of large images at their own scale
 
 Writes into --workdir/model/: fold<i>.keras, config.json (threshold, minimum area, ...),
 history_fold<i>.csv and curves.png (every epoch), validation.csv (each validation frame's
@@ -46,8 +47,10 @@ def get_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam")
     p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
                    help="learning-rate schedule over the planned epochs")
-    p.add_argument("--loss", choices=["bce_dice", "dice", "bce", "jaccard", "tversky", "focal_tversky"],
-                   default="bce_dice", help="training loss")
+    p.add_argument("--loss", choices=["bce_dice", "dice", "bce", "jaccard", "tversky", "focal_tversky",
+                                      "cce_dice", "cce", "weighted_cce", "multiclass_dice"],
+                   default="bce_dice", help="training loss (label masks: bce_dice, bce, dice mean their "
+                                            "categorical counterparts cce_dice, cce, multiclass_dice)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                    help="working size (default: chosen from the masks and the time limit)")
     p.add_argument("--width", type=int, default=16, help="filters of the first level (doubling per level)")
@@ -70,6 +73,11 @@ def get_args(argv=None):
     p.add_argument("--tensorboard", action="store_true", help="also log to model/tensorboard/ (needs tensorboard)")
     p.add_argument("--summary", action="store_true",
                    help="print the model (layers, parameters, receptive field) and exit")
+    p.add_argument("--patch", type=int, default=0, metavar="SIZE",
+                   help="train on random SIZE x SIZE patches at the images' own scale instead of resizing them")
+    p.add_argument("--weights", type=common.Path, metavar="FILE",
+                   help="initial weights (.weights.h5 or .keras file, e.g. an earlier run's fold0.keras); "
+                        "layers that do not fit start fresh; never downloaded")
     p.set_defaults(batchnorm=True, augment=True, tune=True, tta=True)
     args = p.parse_args(argv)
     if args.preset:
@@ -125,12 +133,12 @@ def load_training_set(work):
     return images, masks, subjects
 
 
-def choose_image_size(masks, time_limit, depth):
+def choose_image_size(masks, time_limit, depth, sizes=None):
     """Working size from the objects' size: the smallest scale that keeps a typical object
     about 24 pixels across, never above 256 pixels on the long side (or 160 on a tight budget)."""
-    h, w = masks.shape[1:3]
+    h, w = np.median(sizes, axis=0) if sizes is not None else masks.shape[1:3]
     sample = masks[:: max(1, len(masks) // 500)]
-    areas = sample.reshape(len(sample), -1).sum(1)
+    areas = (sample.reshape(len(sample), -1) > 0).sum(1)
     areas = areas[areas > 0]
     diameter = 2 * math.sqrt(np.median(areas) / math.pi) if len(areas) else min(h, w)
     scale = min(1.0, 24 / diameter)
@@ -164,14 +172,15 @@ def steps_per_epoch(n, batch_size, augment):
     return n // batch_size if augment else math.ceil(n / batch_size)
 
 
-def dataset(images, masks, batch_size, augment, seed, epochs=range(1)):
+def dataset(images, masks, batch_size, augment, seed, epochs=range(1), classes=1):
     """The batches of every epoch in `epochs`, one epoch after the other. With augment, each epoch
     is shuffled and augmented from (seed, epoch, step) alone, with stateless ops: a resumed run
     sees exactly the batches an uninterrupted one would have."""
     n = len(images)
     batch_size = min(batch_size, n)
     steps = steps_per_epoch(n, batch_size, augment)
-    x, y = tf.constant(images[..., None]), tf.constant(masks[..., None])
+    x = tf.constant(images[..., None] if images.ndim == 3 else images)
+    y = tf.constant(masks[..., None])
     augmenter = unet.make_augmenter(seed)
 
     def one_epoch(epoch):
@@ -181,12 +190,149 @@ def dataset(images, masks, batch_size, augment, seed, epochs=range(1)):
         return tf.data.Dataset.zip((tf.data.Dataset.range(epoch * steps, (epoch + 1) * steps), batches))
 
     def load(step, index):
-        images, masks = tf.cast(tf.gather(x, index), tf.float32), tf.cast(tf.gather(y, index), tf.float32)
+        images, masks = tf.cast(tf.gather(x, index), tf.float32), targets(tf.gather(y, index), classes)
         return augmenter(step, images, masks) if augment else (images, masks)
 
     ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(one_epoch)
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(epochs) * steps))   # flat_map hides it from Keras
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def targets(masks, classes):
+    """Binary masks as they are, label masks one-hot (so that augmentation may blend them)."""
+    if classes == 1:
+        return tf.cast(masks, tf.float32)
+    return tf.one_hot(tf.cast(masks[..., 0], tf.int32), classes + 1)
+
+
+def batches(ds, batch_size, drop_remainder, augment, seed, classes):
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), targets(y, classes)))
+    if augment:
+        augmenter = unet.make_augmenter(seed)
+        ds = ds.enumerate().map(lambda i, xy: augmenter(i, *xy), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def resize_masks(masks, size, classes, sizes=None):
+    """Masks at the working size: area-averaging 0/1 then rounding is a majority vote; label
+    masks take the class with the largest area-averaged share of each working pixel."""
+    if classes == 1:
+        return common.resize_stack(masks, size, "area", crop=sizes)
+    shares = [common.resize_stack((np.asarray(masks) == c).view(np.uint8) * np.uint8(255), size, "area", crop=sizes)
+              for c in range(classes + 1)]
+    return np.argmax(np.stack(shares, axis=-1), axis=-1).astype(np.uint8)
+
+
+def class_weights(masks, classes, sizes=None):
+    """Median-frequency balancing of label masks: each class weighs median frequency / its
+    frequency (for weighted_cce). sizes: count each mask's own part only."""
+    if classes == 1:
+        return None
+    counts = np.zeros(classes + 1)
+    for i, mask in enumerate(masks):
+        own = mask if sizes is None else mask[:sizes[i][0], :sizes[i][1]]
+        counts += np.bincount(np.asarray(own).ravel(), minlength=classes + 1)[:classes + 1]
+    freq = counts / counts.sum()
+    return np.where(freq > 0, np.median(freq[freq > 0]) / np.maximum(freq, 1e-12), 1.0).round(4).tolist()
+
+
+# ---------------------------------------------------------------- patches of large images
+
+def crop_patch(image, mask, size, patch, y, x):
+    """A patch x patch crop of an image's own part (size: its H, W), mirrored where the image is smaller."""
+    h, w = size
+    image, mask = image[y:min(h, y + patch), x:min(w, x + patch)], mask[y:min(h, y + patch), x:min(w, x + patch)]
+    pad = [(0, patch - image.shape[0]), (0, patch - image.shape[1])]
+    if pad[0][1] or pad[1][1]:
+        image = np.pad(image, pad + [(0, 0)] * (image.ndim - 2), mode="symmetric")
+        mask = np.pad(mask, pad, mode="symmetric")
+    return image, mask
+
+
+def random_patches(images, masks, sizes, patch, batch_size, seed, classes):
+    """An epoch of random patches, as many as the images hold pixels (patches of large images
+    are drawn more often), each epoch new ones."""
+    areas = sizes.prod(1).astype(float)
+    count = max(batch_size, int(areas.sum() // patch ** 2) // batch_size * batch_size)
+    rng = np.random.default_rng(seed)
+
+    def generate():
+        for i in rng.choice(len(images), count, p=areas / areas.sum()):
+            h, w = sizes[i]
+            y, x = rng.integers(0, max(1, h - patch + 1)), rng.integers(0, max(1, w - patch + 1))
+            image, mask = crop_patch(images[i], masks[i], sizes[i], patch, y, x)
+            yield image[..., None] if image.ndim == 2 else image, mask[..., None]
+
+    channels = images.shape[3] if images.ndim == 4 else 1
+    ds = tf.data.Dataset.from_generator(generate, output_signature=(
+        tf.TensorSpec((patch, patch, channels), tf.uint8), tf.TensorSpec((patch, patch, 1), tf.uint8)))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(count))
+    return batches(ds, batch_size, True, True, seed, classes)
+
+
+def grid_patches(images, masks, sizes, patch):
+    """Every image cut into patches that cover it (the last row and column aligned to its end)."""
+    xs, ys = [], []
+    for image, mask, (h, w) in zip(images, masks, sizes):
+        for y in sorted({*range(0, max(1, h - patch + 1), patch), max(0, h - patch)}):
+            for x in sorted({*range(0, max(1, w - patch + 1), patch), max(0, w - patch)}):
+                a, b = crop_patch(image, mask, (h, w), patch, y, x)
+                xs.append(a)
+                ys.append(b)
+    return np.stack(xs), np.stack(ys)
+
+
+def pixel_statistics(images, sizes, most=200):
+    """Mean and standard deviation of the pixels of (up to `most`) images' own parts."""
+    step = max(1, len(images) // most)
+    pixels = np.concatenate([np.asarray(images[i, :h:2, :w:2], np.float32).ravel()
+                             for i, (h, w) in list(enumerate(sizes))[::step]])
+    return float(pixels.mean()), float(pixels.std()) or 1.0
+
+
+def oof_by_tiles(model, images, sizes, args):
+    """Out-of-fold probabilities of whole images for a model trained on patches, on their canvas."""
+    classes = model.output_shape[-1]
+    out = np.zeros((*images.shape[:3], *([classes] if classes > 1 else [])), np.float32)
+    for i, (h, w) in enumerate(sizes):
+        out[i, :h, :w] = predict.tiled_probabilities([model], images[i, :h, :w], args.patch, args.patch // 4,
+                                                     args.batch_size, args.tta)
+    return out
+
+
+def datasets(args, fold, x_train, y_train, x_val, y_val, sizes, first):
+    """Training batches of the epochs from `first` on, validation batches, steps per epoch."""
+    if not args.patch:
+        steps = steps_per_epoch(len(x_train), args.batch_size, args.augment)
+        return (dataset(x_train, y_train, args.batch_size, args.augment, args.seed + fold,
+                        range(first, args.epochs), args.classes),
+                dataset(x_val, y_val, args.batch_size * 2, False, 0, classes=args.classes), steps)
+    # Random patches come from a generator: resumption continues with fresh draws, not the same ones.
+    train_ds = random_patches(x_train, y_train, sizes[0], args.patch, args.batch_size, args.seed + fold, args.classes)
+    steps = int(train_ds.cardinality())
+    val_ds = dataset(*grid_patches(x_val, y_val, sizes[1], args.patch), args.batch_size * 2, False, 0,
+                     classes=args.classes)
+    return train_ds.repeat(), val_ds, steps
+
+
+def load_initial_weights(model, path):
+    """Weights of another run (another data set, size, number of classes or channels): layers
+    whose shapes fit are loaded in order, the rest keep their fresh start. The normalisation
+    statistics are constants of the model, not weights: they stay this data set's."""
+    if not path.exists():
+        raise UserError(f"--weights {path} not found: give a .weights.h5 or .keras file (nothing is downloaded)")
+    before = [w.copy() for w in model.get_weights()]
+    try:
+        model.load_weights(path, skip_mismatch=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--weights {path} cannot be loaded ({str(e).splitlines()[0][:120]}): "
+                        f"give a .weights.h5 or .keras file saved by Keras 3") from None
+    changed = sum(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    if not changed:
+        raise UserError(f"--weights {path}: no layer fits this network: use weights of the same architecture")
+    log.info(f"initial weights from {path}: {changed} of {len(before)} weight tensors changed "
+             f"(layers of other shapes start fresh)")
 
 
 # ---------------------------------------------------------------- callbacks
@@ -278,21 +424,25 @@ def resume_options(args, size):
     return {"--image-size": list(size), "--width": args.width, "--depth": args.depth, "--dropout": args.dropout,
             "--no-batchnorm": not args.batchnorm, "--loss": args.loss, "--lr": args.lr,
             "--schedule": args.schedule, "--batch-size": args.batch_size, "--epochs": args.epochs,
-            "--patience": args.patience, "--folds": args.folds, "--seed": args.seed,
+            "--patience": args.patience, "--folds": args.folds, "--seed": args.seed, "--patch": args.patch,
             "--no-augment": not args.augment, "--precision": keras.mixed_precision.global_policy().name}
 
 
-def train_fold(args, fold, x_train, y_train, x_val, y_val, mean, std, deadline, strategy):
+def train_fold(args, fold, x_train, y_train, x_val, y_val, mean, std, deadline, strategy, sizes=(None, None)):
     """Train (or, with --resume, go on training) one fold and save it as fold<i>.keras."""
     model_dir = args.workdir / "model"
     final = model_dir / f"fold{fold}.keras"
     keras.utils.set_random_seed(args.seed + fold)   # each fold on its own: a resumed fold never depends on another
     with strategy.scope():
-        model = unet.build_unet(x_train.shape[1:3], 1, 1, args.width, args.depth, args.dropout,
+        model = unet.build_unet(args.input_size, args.channels, args.outputs, args.width, args.depth, args.dropout,
                                 args.batchnorm, mean, std)
-        model.compile(keras.optimizers.Adam(args.lr), unet.LOSSES[args.loss], metrics=[unet.DiceScore()])
-    steps = steps_per_epoch(len(x_train), args.batch_size, args.augment)
-    data = {"training frames": len(x_train), "validation frames": len(x_val), "pixel mean": mean, "pixel std": std}
+        if args.weights:
+            load_initial_weights(model, args.weights)
+        loss = unet.loss_for(args.loss, args.classes, args.class_weights)
+        model.compile(keras.optimizers.Adam(args.lr), loss, metrics=[unet.dice_metric(args.classes)])
+    data = {"training frames": len(x_train), "validation frames": len(x_val), "pixel mean": mean, "pixel std": std,
+            "channels": args.channels, "classes": args.classes}
+    steps = steps_per_epoch(len(x_train), args.batch_size, args.augment) if not args.patch else 0
     state = resume.TrainingState(model_dir / f"backup_fold{fold}", {**resume_options(args, x_train.shape[1:3]), **data},
                                  steps, args.patience)
     first = 0
@@ -324,9 +474,8 @@ def train_fold(args, fold, x_train, y_train, x_val, y_val, mean, std, deadline, 
     if args.tensorboard:
         callbacks.append(tensorboard(model_dir / "tensorboard" / f"fold{fold}"))
     if first < args.epochs and not state.state["stopped"] and not state.state["done"]:
-        train_ds = dataset(x_train, y_train, args.batch_size, args.augment, args.seed + fold,
-                           range(first, args.epochs))
-        val_ds = dataset(x_val, y_val, args.batch_size * 2, False, 0)
+        train_ds, val_ds, steps = datasets(args, fold, x_train, y_train, x_val, y_val, sizes, first)
+        state.steps_per_epoch = steps
         verbose = 0 if args.quiet else 1 if sys.stdout.isatty() else 2
         model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=first,
                   steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
@@ -380,7 +529,7 @@ def receptive_field(depth, convs=2):
 
 
 def print_summary(args, size):
-    model = unet.build_unet(size, 1, 1, args.width, args.depth, args.dropout, args.batchnorm)
+    model = unet.build_unet(size, args.channels, args.outputs, args.width, args.depth, args.dropout, args.batchnorm)
     model.summary()
     field = receptive_field(args.depth)
     print(f"input {size[1]}x{size[0]}: {model.count_params():,} parameters, "
@@ -412,16 +561,35 @@ def main():
     strategy = distribution(args.gpus)
 
     images, masks, subjects = load_training_set(args.workdir)
-    size = args.image_size or choose_image_size(masks, args.time_limit, args.depth)
+    sizes = common.load_sizes(args.workdir, "train", len(images))   # None: all of the arrays' size
+    own_sizes = sizes if sizes is not None else np.tile(images.shape[1:3], (len(images), 1))
+    args.classes = common.load_classes(args.workdir)
+    args.channels = images.shape[3] if images.ndim == 4 else 1
+    args.outputs = 1 if args.classes == 1 else args.classes + 1
+    if args.classes > 1:   # the default (binary) loss names stand for their categorical counterparts
+        args.loss = unet.CATEGORICAL_COUNTERPART.get(args.loss, args.loss)
+    size = [args.patch] * 2 if args.patch else args.image_size or choose_image_size(masks, args.time_limit,
+                                                                                    args.depth, sizes)
     if size[0] % 2 ** args.depth or size[1] % 2 ** args.depth:
-        raise UserError(f"--image-size {size[0]} {size[1]} must be a multiple of {2 ** args.depth} (2^depth)")
+        flag = f"--patch {args.patch}" if args.patch else f"--image-size {size[0]} {size[1]}"
+        raise UserError(f"{flag} must be a multiple of {2 ** args.depth} (2^depth)")
+    args.input_size = size
     if args.summary:
         return print_summary(args, size)
-    log.info(f"{len(images)} images {images.shape[2]}x{images.shape[1]} -> working size {size[1]}x{size[0]}, "
-             f"{precision}, loss {args.loss}, {strategy.num_replicas_in_sync} replica(s)")
-    x = common.resize_stack(images, size, "area")
-    y = common.resize_stack(masks, size, "area")   # area-averaging 0/1 then rounding: majority vote
-    mean, std = float(x.mean()), float(x.std()) or 1.0
+    h, w = np.median(own_sizes, axis=0).astype(int)
+    log.info(f"{len(images)} images {w}x{h}{' (median: mixed sizes)' if sizes is not None else ''} -> "
+             f"{'patches' if args.patch else 'working size'} {size[1]}x{size[0]}, {args.channels} channel(s), "
+             f"{args.classes} class(es), {precision}, loss {args.loss}, {strategy.num_replicas_in_sync} replica(s)")
+    if args.patch:   # the images as they are; patches are cut while training
+        x, y = images, masks
+        mean, std = pixel_statistics(images, own_sizes)
+        scale = [1.0, 1.0]
+    else:
+        x = common.resize_stack(images, size, "area", crop=sizes)
+        y = resize_masks(masks, size, args.classes, sizes)
+        mean, std = float(x.mean()), float(x.std()) or 1.0
+        scale = (np.array(size) / np.median(own_sizes, axis=0)).round(6).tolist()
+    args.class_weights = class_weights(y, args.classes, own_sizes if args.patch else None)
 
     folds = subject_folds(subjects, args.folds, args.seed)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -431,31 +599,43 @@ def main():
         train, val = folds != fold, folds == fold
         log.info(f"fold {fold}: {train.sum()} training, {val.sum()} validation frames "
                  f"(subjects {sorted(set(subjects[val].tolist()))})")
-        model = train_fold(args, fold, x[train], y[train], x[val], y[val], mean, std, fold_deadline, strategy)
+        model = train_fold(args, fold, x[train], y[train], x[val], y[val], mean, std, fold_deadline, strategy,
+                           sizes=(own_sizes[train], own_sizes[val]))
         # Validate the saved file itself, outside any distribution strategy, exactly as predict.py will.
         saved = keras.models.load_model(model_dir / f"fold{fold}.keras", compile=False)
-        probs_oof.append(predict.probabilities([saved], images[val], args.batch_size * 4, args.tta, args.quiet))
+        if args.patch:
+            probs_oof.append(oof_by_tiles(saved, images[val], own_sizes[val], args))
+        else:
+            probs_oof.append(predict.probabilities([saved], images[val], args.batch_size * 4, args.tta, args.quiet,
+                                                   sizes=None if sizes is None else sizes[val]))
         val_index.append(np.flatnonzero(val))
 
     probs = np.concatenate(probs_oof)
     index = np.concatenate(val_index)
-    threshold, min_area, grid = 0.5, 0, []
-    if args.tune:
-        pixel_area = images.shape[1] * images.shape[2] / (size[0] * size[1])
-        threshold, min_area = predict.tune_postprocessing(probs, y[index], pixel_area, grid)
     truth = masks[index]
-    final = predict.final_masks(probs, truth.shape[1:], threshold, min_area)
-    dice = common.dice_per_image(final, truth)
-    score = float(dice.mean())
-    save_validation_details(model_dir, index, subjects, folds, truth, final, dice, grid, todo)
+    threshold, min_area, grid = 0.5, 0, []
+    if args.tune and args.classes == 1:
+        pixel_area = 1.0 if args.patch else float(np.prod(np.median(own_sizes, axis=0)) / (size[0] * size[1]))
+        threshold, min_area = predict.tune_postprocessing(probs, truth if args.patch else y[index], pixel_area, grid)
+    # Tiled probabilities lie on the canvas already; whole-image ones go back to each image's size.
+    place = None if args.patch or sizes is None else sizes[index]
+    pred = predict.final_masks(probs, truth.shape[1:3], threshold, min_area, sizes=place)
+    scores = common.class_scores(pred, truth, args.classes)
+    score = common.mean_dice(pred, truth) if args.classes == 1 else float(np.mean([d for d, _ in scores.values()]))
+    save_validation_details(model_dir, index, subjects, folds, truth, pred, common.dice_per_image(pred, truth),
+                            grid, todo)
     config = {"folds": [f"fold{f}.keras" for f in todo], "threshold": threshold, "min_area": min_area,
-              "tta": args.tta, "classes": 1, "validation_dice": score, "precision": precision,
-              "original_size": list(images.shape[1:3]),
+              "tta": args.tta, "classes": args.classes, "validation_dice": score, "precision": precision,
+              "scale": scale, "tile": args.patch, "original_size": list(images.shape[1:3]),
+              "class_scores": {c: {"dice": d, "iou": j} for c, (d, j) in scores.items()},
               "settings": {k: v for k, v in vars(args).items() if k not in ("raw", "workdir")}}
     with common.atomic_path(model_dir / "config.json") as tmp:
         tmp.write_text(json.dumps(config, indent=2, default=str))
     for fold in todo:   # the run is complete: nothing left to resume
         shutil.rmtree(model_dir / f"backup_fold{fold}", ignore_errors=True)
+    if args.classes > 1:
+        log.info(f"per-class scores on {len(index)} validation images (mean over images):\n"
+                 f"{common.format_class_scores(scores)}")
     log.info(f"validation Dice {score:.4f} (threshold {threshold:.2f}, minimum area {min_area} px) "
              f"in {time.time() - started:.0f} s -> {model_dir}")
 
