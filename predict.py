@@ -62,8 +62,10 @@ def load_models(model_dir):
             raise UserError(f"{path} cannot be loaded ({str(e).splitlines()[0][:120]}): "
                             f"run `python train.py` again") from None
     shapes = {(m.input_shape[1:], m.output_shape[1:]) for m in models}
-    if len(shapes) > 1 or any(m.output_shape[1:3] != m.input_shape[1:3] or m.output_shape[-1] != 1 for m in models):
-        raise UserError(f"the models in {config_path} do not share one input size with a one-class output "
+    outputs = 1 if config.get("classes", 1) == 1 else config["classes"] + 1
+    if len(shapes) > 1 or any(m.output_shape[1:3] != m.input_shape[1:3] or m.output_shape[-1] != outputs
+                              for m in models):
+        raise UserError(f"the models in {config_path} do not share one input size with {outputs} output(s) "
                         f"({sorted(map(str, shapes))}): run `python train.py` again")
     return models, config
 

@@ -109,10 +109,14 @@ def read_submission(path, shape, expected_ids=None, header=HEADER, rle=("F", 1))
         if f.readline().strip() != header:
             raise UserError(f"{path}: the first line must be '{header}'")
         for n, line in enumerate(f, start=2):
-            match = re.fullmatch(r"([^,\s]+),([0-9 ]*)", line.rstrip("\r\n"))
+            match = re.fullmatch(r"([A-Za-z0-9_.\-]+),([0-9 ]*)", line.rstrip("\r\n"))
             if not match:
                 raise UserError(f"{path}:{n}: expected '<id>,<runs>', got {line.strip()[:60]!r}")
-            i = int(match.group(1)) if as_int and re.fullmatch(r"[0-9]{1,18}", match.group(1)) else match.group(1)
+            i = match.group(1)
+            if as_int:
+                if not re.fullmatch(r"[0-9]{1,18}", i):
+                    raise UserError(f"{path}:{n}: the id {i!r} is not an integer")
+                i = int(i)
             if i in rows:
                 raise UserError(f"{path}:{n}: id {i} appears twice")
             if isinstance(shape, dict) and i not in shape:

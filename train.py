@@ -633,9 +633,8 @@ def main():
         tmp.write_text(json.dumps(config, indent=2, default=str))
     for fold in todo:   # the run is complete: nothing left to resume
         shutil.rmtree(model_dir / f"backup_fold{fold}", ignore_errors=True)
-    if args.classes > 1:
-        log.info(f"per-class scores on {len(index)} validation images (mean over images):\n"
-                 f"{common.format_class_scores(scores)}")
+    log.info(f"per-class scores on {len(index)} validation images (mean over images):\n"
+             f"{common.format_class_scores(scores)}")
     log.info(f"validation Dice {score:.4f} (threshold {threshold:.2f}, minimum area {min_area} px) "
              f"in {time.time() - started:.0f} s -> {model_dir}")
 

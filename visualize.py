@@ -67,10 +67,12 @@ def make_case(image, truth, label, models, config):
     """One image with its truth (or None), and the probability (at the image's size) and final
     mask that predict.py would make of it with these models."""
     image = np.asarray(image)
+    size = image.shape[:2]
     probs = predict.probabilities(models, image[None], 1, config["tta"])
-    mask = predict.final_masks(probs, image.shape, config["threshold"], config["min_area"])[0]
+    mask = predict.final_masks(probs, size, config["threshold"], config["min_area"])[0]
+    foreground = 1 - probs[..., 0] if probs.ndim == 4 else probs   # label masks: any class but background
     return dict(image=image, truth=None if truth is None else np.asarray(truth), label=label,
-                prob=common.resize_stack(probs, image.shape, "linear")[0], mask=mask)
+                prob=common.resize_stack(foreground, size, "linear")[0], mask=mask)
 
 
 def training_cases(work, positions, models, config, validation_only):
@@ -145,7 +147,7 @@ def draw_cases(cases, figure=None, panel=2.6, dpi=80):
     """One row per case: the image, the truth, the prediction, and both outlines on the image."""
     if figure is None:
         from matplotlib.figure import Figure as figure
-    h, w = cases[0]["image"].shape
+    h, w = cases[0]["image"].shape[:2]
     fig = figure(figsize=(4 * panel, len(cases) * (panel * h / w + 0.35) + 0.5), dpi=dpi, layout="constrained")
     axes = fig.subplots(len(cases), 4, squeeze=False)
     for row, case in zip(axes, cases):
@@ -153,16 +155,16 @@ def draw_cases(cases, figure=None, panel=2.6, dpi=80):
         row[0].imshow(image, cmap="gray", vmin=0, vmax=255)
         row[0].set_title(case["label"], fontsize=8, loc="left")
         if truth is None:
-            row[1].imshow(np.zeros_like(image), cmap="gray", vmin=0, vmax=1)
+            row[1].imshow(np.zeros(image.shape[:2]), cmap="gray", vmin=0, vmax=1)
             row[1].text(0.5, 0.5, "no ground truth", color="white", ha="center", va="center",
                         transform=row[1].transAxes)
             row[1].set_title("truth: none", fontsize=8)
         else:
-            row[1].imshow(truth, cmap="gray", vmin=0, vmax=1)
-            row[1].set_title(f"truth: {int(truth.sum())} px", fontsize=8)
+            row[1].imshow(truth, cmap="gray", vmin=0, vmax=max(1, int(truth.max())))   # labels 0..K
+            row[1].set_title(f"truth: {np.count_nonzero(truth)} px", fontsize=8)
         row[2].imshow(prob, cmap="viridis", vmin=0, vmax=1)
         outline(row[2], mask, PREDICTION)
-        row[2].set_title(f"prediction: {int(mask.sum())} px", fontsize=8)
+        row[2].set_title(f"prediction: {np.count_nonzero(mask)} px", fontsize=8)
         row[3].imshow(image, cmap="gray", vmin=0, vmax=255)
         if truth is not None:
             outline(row[3], truth, TRUTH)

@@ -72,6 +72,7 @@ def test_submission_flags_for_another_competition(tmp_path):
     raw.mkdir()
     rng = np.random.default_rng(0)
     masks = (rng.random((3, 10, 12)) < 0.3).astype(np.uint8)
+    np.save(work / "imgs_test.npy", np.zeros_like(masks))
     np.save(work / "imgs_mask_test.npy", masks)
     np.save(work / "imgs_id_test.npy", np.array(["x1", "x2", "x3"]))
     (work / "data.json").write_text(json.dumps({"classes": 1}))
