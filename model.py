@@ -218,6 +218,24 @@ def geometric(images, masks, seed, rotation=0.03, shift=0.08, zoom=0.12):
     return images, masks
 
 
+def elastic(images, masks, seed, strength=0.02, grid=4):
+    """Smooth random warp of each image and its mask together: a coarse grid of random offsets
+    (strength: their scale, a fraction of the size) interpolated to every pixel. Stateless too."""
+    shape = tf.shape(images)
+    n, h, w = shape[0], shape[1], shape[2]
+    offsets = tf.random.stateless_normal((n, grid, grid, 2), seed) * strength
+    field = tf.image.resize(offsets, (h, w), "bicubic") * tf.cast(tf.stack([h, w]), tf.float32)
+    rows, cols = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
+    batch = tf.broadcast_to(tf.cast(tf.range(n), tf.float32)[:, None, None], (n, h, w))
+    coords = tf.stack([batch, rows + field[..., 0], cols + field[..., 1]])
+
+    def warp(x, order):   # per channel: map_coordinates samples one array at a time
+        return tf.stack([ops.image.map_coordinates(x[..., c], coords, order, "reflect")
+                         for c in range(x.shape[-1])], axis=-1)
+
+    return warp(images, 1), warp(masks, 0)
+
+
 def photometric(images, seed):
     """Brightness, contrast, gamma and multiplicative speckle noise, on the image only (0..255)."""
     n = tf.shape(images)[0]
@@ -237,6 +255,7 @@ def make_augmenter(seed):
     def augment(step, images, masks):
         key = tf.stack([tf.cast(step, tf.int64), tf.constant(seed, tf.int64)])
         images, masks = geometric(images, masks, key + [0, 2**32])
+        images, masks = elastic(images, masks, key + [0, 2 * 2**32])
         return photometric(images, key), masks
 
     return augment

@@ -68,3 +68,16 @@ def test_augmentation_moves_image_and_mask_together():
     for image, mask in zip(images, masks):
         inside, outside = image[mask > 0].mean(), image[mask == 0].mean()
         assert inside > outside + 100                              # the square and its mask moved together
+
+
+def test_elastic_warp_moves_image_and_mask_together_and_repeats_for_a_seed():
+    import tensorflow as tf
+    x = np.zeros((4, 48, 64, 1), "float32")
+    x[:, 16:32, 20:44] = 200.0
+    y = (x > 0).astype("float32")
+    seed = tf.constant([5, 9], tf.int64)
+    images, masks = (np.asarray(a) for a in unet.elastic(tf.constant(x), tf.constant(y), seed, strength=0.05))
+    again, _ = unet.elastic(tf.constant(x), tf.constant(y), seed, strength=0.05)
+    assert np.array_equal(images, np.asarray(again))                 # stateless: same seed, same warp
+    assert set(np.unique(masks)) <= {0.0, 1.0} and not np.array_equal(masks, y)
+    assert ((images > 100) == (masks > 0.5)).mean() > 0.995          # the square and its mask warp as one
