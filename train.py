@@ -612,6 +612,8 @@ def main():
 
     probs = np.concatenate(probs_oof)
     index = np.concatenate(val_index)
+    with common.atomic_path(model_dir / "oof.npz") as tmp:   # for stacking, ensembling or tuning by hand
+        np.savez(tmp, index=index, probs=probs.astype(np.float16))
     truth = masks[index]
     threshold, min_area, grid = 0.5, 0, []
     if args.tune and args.classes == 1:
