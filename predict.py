@@ -12,7 +12,9 @@ each mask has its image's size, top-left on the canvas.
 """
 
 import json
+import os
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import common
 
@@ -184,20 +186,25 @@ def predict_by_tiles(models, image, size, config, tile, overlap, per_pass):
 def final_masks(probs, size, threshold, min_area, out=None, sizes=None):
     """Upsample to the original size, threshold, and empty every mask smaller than min_area;
     class probabilities (N, h, w, K + 1) become label masks (the likeliest class).
-    sizes: each image's own size, top-left on a canvas of `size`."""
-    probs_full = common.resize_stack(probs, size, "linear", place=sizes)
-    if probs.ndim == 4:
-        masks = np.argmax(probs_full, axis=-1).astype(np.uint8)
-        if out is None:
-            return masks
-        out[:] = masks
-        return out
-    masks = np.greater(probs_full, threshold, out=np.empty(probs_full.shape, bool)).view(np.uint8)
-    areas = masks.reshape(len(masks), -1).sum(1)
-    masks[areas < min_area] = 0
+    sizes: each image's own size, top-left on a canvas of `size`. One image at a time in threads
+    (OpenCV drops the GIL): never a full-size float copy of them all."""
     if out is None:
-        return masks
-    out[:] = masks
+        out = np.empty((len(probs), *size), np.uint8)
+
+    def one(i):
+        h, w = size if sizes is None else (int(sizes[i][0]), int(sizes[i][1]))
+        full = cv2.resize(probs[i], (w, h), interpolation=cv2.INTER_LINEAR)
+        if probs.ndim == 4:
+            mask = np.argmax(full, axis=-1).astype(np.uint8)
+        else:
+            mask = np.greater(full, threshold).view(np.uint8)
+            mask = 0 if np.count_nonzero(mask) < min_area else mask
+        if sizes is not None:
+            out[i] = 0
+        out[i, :h, :w] = mask
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(one, range(len(probs))))
     return out
 
 
