@@ -157,8 +157,9 @@ def read_image(path, is_mask=False):
             said_colour.append(path)
             log.warning(f"warning: {path} is a colour image: colour images are converted to grayscale")
     if is_mask:
-        values = np.unique(image)
-        if not set(values.tolist()) <= {0, 1, 255}:
+        set_pixels = np.count_nonzero(image == 1) + np.count_nonzero(image == 255)   # 20x faster than np.unique
+        if np.count_nonzero(image) != set_pixels:
+            values = np.unique(image)
             raise UserError(f"{path} is not a binary mask (values {values[:6].tolist()}...): "
                             f"masks must hold 0 and 255 (or 0 and 1)")
         image = (image > 0).astype(np.uint8)

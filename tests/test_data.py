@@ -102,6 +102,19 @@ def test_mixed_sizes_are_an_error_and_nothing_is_written(tmp_path):
     assert not any((tmp_path / "work").glob("*.npy"))
 
 
+def test_masks_of_0_and_1_are_read_and_grey_masks_refused(tmp_path):
+    raw = make_competition(tmp_path / "raw")
+    mask = np.zeros((20, 28), np.uint8)
+    mask[5:9, 6:10] = 1
+    cv2.imwrite(str(raw / "train" / "1_1_mask.tif"), mask)
+    convert(raw, tmp_path / "work")
+    assert np.array_equal(np.load(tmp_path / "work" / "imgs_mask_train.npy")[0], mask)
+    mask[5, 6] = 128
+    cv2.imwrite(str(raw / "train" / "1_1_mask.tif"), mask)
+    result = convert(raw, tmp_path / "work2", check=False)
+    assert result.returncode == 2 and "1_1_mask.tif is not a binary mask" in result.stderr
+
+
 def test_demo_writes_the_competition_layout(tmp_path):
     raw, work = tmp_path / "raw", tmp_path / "work"
     run_script("data.py", "--demo", "--demo-size", 42, 58, "--demo-subjects", 3, "--raw", raw, "--workdir", work, "-q")
