@@ -1,0 +1,610 @@
+"""Speed benchmark: every stage of the kit beside the 2017 Keras tutorial's way of doing the same
+work, on the same data and the same machine.
+
+    python bench.py            # the competition's volume: 5,635 training pairs, 5,508 test images
+    python bench.py --quick    # a tenth of it, for a quick look
+
+The images are the real ones in ../shared/data/nerve-kaggle-sample, repeated to the volume.
+Each (stage, way) runs in a fresh process, so that its peak memory is its own: peak RSS from the
+kernel (memory-mapped file pages count) and peak anonymous memory (sampled). Times count the work,
+not the interpreter's start or the imports. On a shared machine, --repeat 2 keeps the faster of
+two runs of each way. A second table sets the network's stages beside the FLOP floor: its
+convolutions at the best rate a lone 3x3 convolution reaches on this machine (CPU or GPU).
+The stages and the tutorial's ways:
+  data        LZW TIFFs -> .npy: a serial loop filling preallocated arrays, then np.save
+              (the tutorial read with skimage.io.imread, which needs imagecodecs for LZW: PIL here)
+  train       training steps at the tutorial's architecture and input (train.py --preset tutorial):
+              float32 model.fit on preprocessed NumPy arrays, shuffle=True
+  predict     test arrays -> final full-size masks: skimage resize to 96x96 per image, float32
+              model.predict, then per mask the tutorial's threshold at 0.5 and cv2.resize to 580x420
+  submission  full-size masks -> CSV: np.load, sort by id, run-length encode each mask with lists
+"""
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE = Path("../shared/data/nerve-kaggle-sample")
+WORK = Path("work/bench")
+SHAPE = (420, 580)
+VOLUMES = {   # train pairs, test images, training frames and epochs, forward passes timed, Dice epochs and seeds
+    "full": dict(pairs=5635, tests=5508, frames=1024, epochs=2, forward=1024, dice_epochs=8, dice_seeds=[42, 43]),
+    "quick": dict(pairs=564, tests=551, frames=128, epochs=2, forward=128, dice_epochs=3, dice_seeds=[42]),
+}
+WARMUP_STEPS = 3   # the first steps trace and compile: not timed
+RESULT = "BENCH "  # prefix of the JSON line a measured process prints
+
+
+def get_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a tenth of the volume")
+    p.add_argument("--stages", nargs="+", default=["data", "train", "predict", "submission"],
+                   choices=["data", "train", "predict", "submission"], help="stages to run")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each way; the fastest counts (a busy machine)")
+    p.add_argument("--no-dice", dest="dice", action="store_false",
+                   help="skip the validation-Dice check of float32 against the automatic precision")
+    p.add_argument("--one", nargs=2, metavar=("STAGE", "WAY"), help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+def volume(quick):
+    name = "quick" if quick else "full"
+    return name, VOLUMES[name], WORK / name
+
+
+def report(**result):
+    print(RESULT + json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------- fixtures from the real images
+
+def real_pairs():
+    import data
+    images, masks, _ = data.list_train(SAMPLE / "train", skip_unpaired=True)   # 2_20_mask.tif has no image
+    return images, masks
+
+
+def real_tests():
+    import data
+    return data.list_test(SAMPLE / "test")[0]
+
+
+def link(source, target):
+    try:
+        os.link(source, target)    # no disk cost
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def raw_folder(base, v):
+    """The competition's layout with the real files repeated to the volume (47 subjects, as Kaggle's)."""
+    raw = base / "raw"
+    if (raw / ".complete").exists():
+        return raw
+    shutil.rmtree(raw, ignore_errors=True)
+    (raw / "train").mkdir(parents=True)
+    (raw / "test").mkdir()
+    images, masks = real_pairs()
+    per_subject = -(-v["pairs"] // 47)
+    for i in range(v["pairs"]):
+        name = f"{i // per_subject + 1}_{i % per_subject + 1}"
+        link(images[i % len(images)], raw / "train" / f"{name}.tif")
+        link(masks[i % len(masks)], raw / "train" / f"{name}_mask.tif")
+    tests = real_tests()
+    for i in range(v["tests"]):
+        link(tests[i % len(tests)], raw / "test" / f"{i + 1}.tif")
+    (raw / ".complete").touch()
+    return raw
+
+
+def repeated(paths, n, is_mask=False):
+    import data
+    frames = np.stack([data.read_image(p, is_mask) for p in paths])
+    return frames[np.arange(n) % len(frames)]
+
+
+def test_arrays(base, v):
+    """imgs_test.npy for the predict stage and imgs_mask_test.npy (real masks) for the submission stage."""
+    import common
+    folder = base / "arrays"
+    if not (folder / "imgs_mask_test.npy").exists():
+        common.save_npy(folder / "imgs_test.npy", repeated(real_tests(), v["tests"]))
+        common.save_npy(folder / "imgs_id_test.npy", np.arange(1, v["tests"] + 1, dtype=np.int32))
+        common.save_npy(folder / "imgs_mask_test.npy", repeated(real_pairs()[1], v["tests"], is_mask=True))
+    return folder
+
+
+def workdir(base, name, *arrays):
+    """A fresh workdir holding hard links to the shared arrays."""
+    folder = base / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for array in arrays:
+        link(base / "arrays" / array, folder / array)
+    return folder
+
+
+def npy_bytes(folder):
+    return sum(p.stat().st_size for p in Path(folder).glob("*.npy"))
+
+
+# ---------------------------------------------------------------- data
+
+def data_kit(base, v):
+    import data
+    out = base / "data-kit"
+    sys.argv = ["data.py", "--raw", str(base / "raw"), "--workdir", str(out), "-q"]
+    started = time.perf_counter()
+    data.main()
+    seconds = time.perf_counter() - started
+    report(images=2 * v["pairs"] + v["tests"], seconds=seconds, output_bytes=npy_bytes(out))
+
+
+def data_tutorial(base, v):
+    from PIL import Image
+    raw, out = base / "raw", base / "data-tutorial"
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    # Training pairs: one preallocated array each for images and masks, filled in directory order.
+    names = os.listdir(raw / "train")
+    total = len(names) // 2
+    images = np.ndarray((total, *SHAPE), dtype=np.uint8)
+    masks = np.ndarray((total, *SHAPE), dtype=np.uint8)
+    i = 0
+    for name in names:
+        if "mask" in name:
+            continue
+        images[i] = np.array(Image.open(raw / "train" / name))
+        masks[i] = np.array(Image.open(raw / "train" / name.replace(".tif", "_mask.tif")))
+        i += 1
+    np.save(out / "imgs_train.npy", images)
+    np.save(out / "imgs_mask_train.npy", masks)
+    del images, masks
+    names = os.listdir(raw / "test")
+    tests = np.ndarray((len(names), *SHAPE), dtype=np.uint8)
+    ids = np.ndarray((len(names),), dtype=np.int32)
+    for i, name in enumerate(names):
+        tests[i] = np.array(Image.open(raw / "test" / name))
+        ids[i] = int(name.split(".")[0])
+    np.save(out / "imgs_test.npy", tests)
+    np.save(out / "imgs_id_test.npy", ids)
+    report(images=2 * total + len(names), seconds=time.perf_counter() - started, output_bytes=npy_bytes(out))
+
+
+# ---------------------------------------------------------------- train
+
+def training_frames(v):
+    images, masks = real_pairs()
+    return repeated(images, v["frames"]), repeated(masks, v["frames"], is_mask=True)
+
+
+def step_timer(keras):
+    class StepTimer(keras.callbacks.Callback):
+        """The time of every step after the warm-up steps."""
+        def __init__(self):
+            super().__init__()
+            self.ends = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])    # waits for the step to finish
+            self.ends.append(time.perf_counter())
+
+        def step_seconds(self):
+            return np.diff(self.ends[WARMUP_STEPS - 1:])
+    return StepTimer()
+
+
+def train_run(v, precision, make_inputs):
+    """Train the tutorial's network and report the steady-state rate of its steps."""
+    import train
+    keras, unet = train.keras, train.unet
+    t = train.PRESETS["tutorial"]
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy(precision)
+    fit_data, mean, std = make_inputs(t)
+    model = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"], t["batchnorm"], mean, std)
+    model.compile(keras.optimizers.Adam(t["lr"]), unet.LOSSES[t["loss"]], metrics=[unet.DiceScore()])
+    timer = step_timer(keras)
+    fit_data(model, v["epochs"], timer)
+    steps = timer.step_seconds()
+    # The median step: every step does the same work, and a shared machine slows some of them.
+    report(images=len(steps) * t["batch_size"], seconds=float(np.median(steps)) * len(steps), precision=precision,
+           gflop=forward_gflop(model) * 3)   # a training step: forward + two backward passes
+
+
+def train_tutorial(base, v):
+    from skimage.transform import resize
+    images, masks = training_frames(v)
+
+    def make_inputs(t):
+        def preprocess(stack):
+            out = np.ndarray((len(stack), *t["image_size"]), dtype=np.uint8)
+            for i in range(len(stack)):
+                out[i] = resize(stack[i], t["image_size"], preserve_range=True, anti_aliasing=False)
+            return out[..., None]
+        x = preprocess(images).astype("float32")
+        x = (x - x.mean()) / x.std()
+        y = preprocess(masks * 255).astype("float32") / 255.0
+
+        def fit(model, epochs, timer):
+            model.fit(x, y, batch_size=t["batch_size"], epochs=epochs, shuffle=True, verbose=0, callbacks=[timer])
+        return fit, 0.0, 1.0
+
+    train_run(v, "float32", make_inputs)
+
+
+def train_kit(base, v):
+    import common
+    import train
+    images, masks = training_frames(v)
+
+    def make_inputs(t):
+        x = common.resize_stack(images, t["image_size"], "area")
+        y = common.resize_stack(masks, t["image_size"], "area")
+
+        def fit(model, epochs, timer):
+            ds = train.dataset(x, y, t["batch_size"], t["augment"], 0)
+            model.fit(ds, epochs=epochs, verbose=0, callbacks=[timer])
+        return fit, float(x.mean()), float(x.std())
+
+    train_run(v, train.choose_precision("auto"), make_inputs)
+
+
+def forward_gflop(model):
+    """Multiply-adds of the convolutions, x2, for one image."""
+    flop = 0
+    for layer in model.layers:
+        if type(layer).__name__ in ("Conv2D", "Conv2DTranspose"):
+            h, w, c_out = layer.output.shape[1:]
+            c_in = layer.input.shape[-1]
+            kh, kw = layer.kernel_size
+            sh, sw = layer.strides
+            flop += 2 * h * w * c_out * c_in * kh * kw / (sh * sw)
+    return flop / 1e9
+
+
+def run_script(script, *args):
+    result = subprocess.run([sys.executable, script, *map(str, args)], capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"{script} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+
+
+def dice_check(base, v):
+    """The kit's default recipe on the demo data, float32 beside the automatic precision, per seed."""
+    demo = base.parent / "demo"
+    if not (demo / "imgs_train.npy").exists():
+        run_script("data.py", "--demo", "--raw", demo / "raw", "--workdir", demo, "-q")
+    out = {}
+    for precision in ("float32", "auto"):
+        for seed in v["dice_seeds"]:
+            work = demo / f"{precision}-{seed}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            for name in ("imgs_train", "imgs_mask_train", "imgs_subject_train"):
+                link(demo / f"{name}.npy", work / f"{name}.npy")
+            run_script("train.py", "--workdir", work, "--epochs", v["dice_epochs"], "--image-size", 96, 128,
+                       "--precision", precision, "--seed", seed, "-q")
+            config = json.loads((work / "model" / "config.json").read_text())
+            out.setdefault(precision, []).append(config["validation_dice"])
+            out[f"{precision} name"] = config["precision"]
+    return out
+
+
+# ---------------------------------------------------------------- predict
+
+def predict_setup(base, v):
+    """One set of weights (built in float32), and the kit's model with them under its precision."""
+    import train
+    keras, unet = train.keras, train.unet
+    t = train.PRESETS["tutorial"]
+    keras.utils.set_random_seed(0)
+    model = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"], t["batchnorm"], 100.0, 50.0)
+    model.save_weights(base / "arrays" / "unet.weights.h5")
+    precision = train.choose_precision("auto")
+    keras.mixed_precision.set_global_policy(precision)
+    kit = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"], t["batchnorm"], 100.0, 50.0)
+    kit.load_weights(base / "arrays" / "unet.weights.h5")
+    kit.save(base / "arrays" / "fold0.keras")
+    (base / "arrays" / "config.json").write_text(json.dumps(
+        {"folds": ["fold0.keras"], "threshold": 0.5, "min_area": 0, "tta": False, "classes": 1}))
+    report(precision=precision)
+
+
+def predict_kit(base, v):
+    import predict
+    work = workdir(base, "predict-kit", "imgs_test.npy", "imgs_id_test.npy")
+    (work / "model").mkdir()
+    for name in ("fold0.keras", "config.json"):
+        link(base / "arrays" / name, work / "model" / name)
+    sys.argv = ["predict.py", "--workdir", str(work), "-q"]
+    started = time.perf_counter()
+    predict.main()
+    seconds = time.perf_counter() - started
+    model = predict.keras.models.load_model(work / "model" / "fold0.keras", compile=False)
+    policies = [layer.dtype_policy.name for layer in model.layers]
+    report(images=v["tests"], seconds=seconds, output_bytes=(work / "imgs_mask_test.npy").stat().st_size,
+           gflop=forward_gflop(model), precision=max(set(policies), key=policies.count))
+
+
+def predict_tutorial(base, v):
+    import cv2
+    from skimage.transform import resize
+    import train
+    keras, unet = train.keras, train.unet
+    t = train.PRESETS["tutorial"]
+    work = workdir(base, "predict-tutorial")
+    started = time.perf_counter()
+    images = np.load(base / "arrays" / "imgs_test.npy")
+    x = np.ndarray((len(images), *t["image_size"]), dtype=np.uint8)
+    for i in range(len(images)):
+        x[i] = resize(images[i], t["image_size"], preserve_range=True, anti_aliasing=False)
+    x = x[..., None].astype("float32")   # (normalised inside the model, as the kit's)
+    model = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"], t["batchnorm"], 100.0, 50.0)
+    model.load_weights(base / "arrays" / "unet.weights.h5")
+    # The float32 forward pass is timed on the first images and scaled to all; the rest runs on all.
+    n = min(v["forward"], len(x))
+    forward_started = time.perf_counter()
+    probs = model.predict(x[:n], batch_size=32, verbose=0)
+    forward = time.perf_counter() - forward_started
+    probs = np.resize(probs, (len(x), *probs.shape[1:]))
+    masks = np.ndarray((len(x), *SHAPE), dtype=np.uint8)
+    for i in range(len(probs)):
+        binary = cv2.threshold(probs[i, :, :, 0], 0.5, 1.0, cv2.THRESH_BINARY)[1].astype(np.uint8)
+        masks[i] = cv2.resize(binary, SHAPE[::-1])
+    np.save(work / "imgs_mask_test.npy", masks)
+    seconds = time.perf_counter() - started + forward * (len(x) / n - 1)
+    report(images=len(x), seconds=seconds, output_bytes=npy_bytes(work), gflop=forward_gflop(model),
+           precision="float32", note=f"forward pass timed on {n} of {len(x)} images")
+
+
+# ---------------------------------------------------------------- submission
+
+def submission_kit(base, v):
+    import submission
+    work = workdir(base, "submission-kit", "imgs_mask_test.npy", "imgs_id_test.npy")
+    sys.argv = ["submission.py", "--raw", str(work), "--workdir", str(work), "-q"]
+    started = time.perf_counter()
+    submission.main()
+    seconds = time.perf_counter() - started
+    report(images=v["tests"], seconds=seconds, output_bytes=(work / "submission.csv").stat().st_size)
+
+
+def tutorial_rle(mask):
+    """The tutorial's encoder: indices of the set pixels of the transposed mask, cut where they
+    jump, pairs built as Python lists; under 10 pixels counts as empty."""
+    on = np.where(mask.T.flatten() > 0)[0]
+    if len(on) < 10:
+        return ""
+    cuts = np.where(np.diff(on) > 1)[0]
+    starts = np.insert(on[cuts + 1], 0, on[0])
+    ends = np.append(on[cuts], on[-1])
+    pairs = [[s + 1, e - s + 1] for s, e in zip(list(starts), list(ends))]
+    return " ".join(str(n) for n in itertools.chain.from_iterable(pairs))
+
+
+def submission_tutorial(base, v):
+    work = workdir(base, "submission-tutorial")
+    started = time.perf_counter()
+    ids = np.load(base / "arrays" / "imgs_id_test.npy")
+    masks = np.load(base / "arrays" / "imgs_mask_test.npy")
+    order = np.argsort(ids)
+    ids, masks = ids[order], masks[order]
+    rles = [tutorial_rle(mask) for mask in masks]
+    with open(work / "submission.csv", "w") as f:
+        f.write("img,pixels\n")
+        for i, rle in zip(ids, rles):
+            f.write(f"{i},{rle}\n")
+    report(images=len(ids), seconds=time.perf_counter() - started,
+           output_bytes=(work / "submission.csv").stat().st_size)
+
+
+# ---------------------------------------------------------------- the machine
+
+def machine(base, v):
+    """What runs the benchmark, and its best rates: 3x3 convolutions at the U-Net's shapes, memory copy."""
+    import train
+    tf = train.tf
+    gpus = tf.config.list_physical_devices("GPU")
+    device = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else None
+    levels = [(64, 96), (128, 48), (256, 24), (512, 12)]
+    conv = {dtype: max(conv_gflops(tf, dtype, c, side) for c, side in levels for _ in range(2))
+            for dtype in ("float32", "bfloat16")}
+    source, target = np.ones(2**28, np.uint8), np.zeros(2**28, np.uint8)
+    np.copyto(target, source)   # first touch of the pages: not timed
+    started = time.perf_counter()
+    for _ in range(4):
+        np.copyto(target, source)
+    copy_gbs = 4 * 2 * source.nbytes / (time.perf_counter() - started) / 1e9   # read + write
+    report(cpu=cpu_model(), cores=os.cpu_count(), bf16=train.cpu_has_bf16(), gpu=device,
+           precision=train.choose_precision("auto"), tensorflow=tf.__version__, keras=train.keras.__version__,
+           conv=conv, copy_gbs=copy_gbs)
+
+
+def conv_gflops(tf, dtype, channels, side, batch=32, seconds=0.3):
+    """GFLOP/s of one 3x3 convolution of the U-Net's shape at one level: the rate its layers could reach."""
+    x = tf.cast(tf.random.normal((batch, side, side, channels)), dtype)
+    kernel = tf.cast(tf.random.normal((3, 3, channels, channels)), dtype)
+    step = tf.function(lambda: tf.nn.conv2d(x, kernel, 1, "SAME")[0, 0, 0, 0], autograph=False)
+    step().numpy()
+    started, reps = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        step().numpy()
+        reps += 1
+    return 2 * batch * side * side * 9 * channels ** 2 * reps / (time.perf_counter() - started) / 1e9
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
+# ---------------------------------------------------------------- measuring a process
+
+WAYS = {("data", "kit"): data_kit, ("data", "tutorial"): data_tutorial,
+        ("train", "kit"): train_kit, ("train", "tutorial"): train_tutorial,
+        ("predict", "setup"): predict_setup, ("predict", "kit"): predict_kit, ("predict", "tutorial"): predict_tutorial,
+        ("submission", "kit"): submission_kit, ("submission", "tutorial"): submission_tutorial,
+        ("machine", "info"): machine}
+
+
+def anon_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def measure(stage, way, quick):
+    """Run one way in a fresh process: its report, its peak RSS (from the kernel; memory-mapped
+    file pages count) and its peak anonymous memory (sampled every 20 ms)."""
+    command = [sys.executable, __file__, "--one", stage, way] + (["--quick"] if quick else [])
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    anon = [0]
+
+    def sample():
+        while proc.returncode is None:
+            anon[0] = max(anon[0], anon_kib(proc.pid))
+            time.sleep(0.02)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stderr = []
+    reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    stdout = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    reader.join()
+    lines = [line[len(RESULT):] for line in stdout.splitlines() if line.startswith(RESULT)]
+    if proc.returncode or not lines:
+        sys.exit(f"{stage} ({way}) failed with exit code {proc.returncode}:\n{stdout[-3000:]}{stderr[0][-3000:]}")
+    return {**json.loads(lines[-1]), "peak_mib": usage.ru_maxrss / 1024, "anon_mib": anon[0] / 1024}
+
+
+# ---------------------------------------------------------------- the table
+
+def rate(r):
+    return r["images"] / r["seconds"]
+
+
+def run_stage(stage, base, v, args):
+    print(f"{stage}: ", end="", flush=True)
+    results = {}
+    for way in ("tutorial", "kit"):
+        results[way] = r = max((measure(stage, way, args.quick) for _ in range(args.repeat)), key=rate)
+        print(f"{way} {rate(r):.1f} img/s ({r['images']} images in {r['seconds']:.1f} s, "
+              f"peak {r['peak_mib']:.0f} MiB){'; ' if way == 'tutorial' else ''}", end="", flush=True)
+    print()
+    return results
+
+
+def goal(stage, kit, tutorial, rows):
+    ratio = rate(kit) / rate(tutorial)
+    if stage == "data":
+        ok = ratio >= 2 and kit["peak_mib"] <= 1.2 * kit["output_bytes"] / 2**20
+        return f">= 2x, peak <= 1.2x output: {'yes' if ok else 'NO'}"
+    if stage in ("train", "predict"):
+        return f">= 3x: {'yes' if ratio >= 3 else 'NO'}"
+    if "predict" in rows:
+        return f"faster than predict: {'yes' if rate(kit) > rate(rows['predict']['kit']) else 'NO'}"
+    return ""
+
+
+def table(rows):
+    lines = ["| stage | images | kit img/s | tutorial img/s | ratio | kit peak MiB (RSS / anon) | "
+             "tutorial peak MiB (RSS / anon) | output MiB | goal |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for stage, r in rows.items():
+        kit, tut = r["kit"], r["tutorial"]
+        output = f"{kit['output_bytes'] / 2**20:.0f}" if "output_bytes" in kit else "-"
+        lines.append(f"| {stage} | {kit['images']} | {rate(kit):.1f} | {rate(tut):.1f} | {rate(kit) / rate(tut):.1f}x | "
+                     f"{kit['peak_mib']:.0f} / {kit['anon_mib']:.0f} | {tut['peak_mib']:.0f} / {tut['anon_mib']:.0f} | "
+                     f"{output} | {goal(stage, kit, tut, rows)} |")
+    return "\n".join(lines)
+
+
+def floors(rows, info):
+    """The network's stages beside the FLOP floor: its convolutions at the best rate measured here."""
+    lines = ["| stage | way | precision | GFLOP/image | achieved GFLOP/s | best conv GFLOP/s | share | ceiling img/s |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for stage in ("train", "predict"):
+        for way in ("tutorial", "kit"):
+            if stage not in rows:
+                continue
+            r = rows[stage][way]
+            best = info["conv"]["bfloat16" if "bfloat16" in r["precision"] else "float32"]
+            achieved = r["gflop"] * rate(r)
+            lines.append(f"| {stage} | {way} | {r['precision']} | {r['gflop']:.2f} | {achieved:.0f} | {best:.0f} | "
+                         f"{achieved / best:.0%} | {best / r['gflop']:.0f} |")
+    return "\n".join(lines)
+
+
+def main():
+    args = get_args()
+    name, v, base = volume(args.quick)
+    if args.one:
+        base.mkdir(parents=True, exist_ok=True)
+        return WAYS[tuple(args.one)](base, v)
+    if not SAMPLE.is_dir():
+        sys.exit(f"{SAMPLE} not found: the benchmark repeats its real images")
+    started = time.time()
+    base.mkdir(parents=True, exist_ok=True)
+    info = measure("machine", "info", args.quick)
+    print(f"machine: {info['cpu']}, {info['cores']} cores, bf16 {'yes' if info['bf16'] else 'no'}"
+          f"{', GPU ' + info['gpu'] if info['gpu'] else ''}; TensorFlow {info['tensorflow']}, Keras {info['keras']}")
+    print(f"kit precision (auto): {info['precision']}; best 3x3 convolution: float32 "
+          f"{info['conv']['float32']:.0f} GFLOP/s, bfloat16 {info['conv']['bfloat16']:.0f} GFLOP/s; "
+          f"memory copy {info['copy_gbs']:.1f} GB/s; load average {os.getloadavg()[0]:.1f}")
+    print(f"volume: {name}, {v['pairs']} training pairs, {v['tests']} test images (real images repeated)\n",
+          flush=True)
+
+    rows = {}
+    for stage in args.stages:
+        if stage == "data":
+            raw_folder(base, v)
+        if stage in ("predict", "submission"):
+            test_arrays(base, v)
+        if stage == "predict" and not (base / "arrays" / "fold0.keras").exists():
+            measure("predict", "setup", args.quick)
+        rows[stage] = run_stage(stage, base, v, args)
+        for folder in base.glob(f"{stage}-*"):   # outputs can be gigabytes
+            shutil.rmtree(folder)
+
+    dice = dice_check(base, v) if args.dice and "train" in args.stages else None
+    print(f"\n{table(rows)}\n")
+    if "train" in rows or "predict" in rows:
+        print(f"{floors(rows, info)}\n")
+    notes = ["data: images counts image and mask files; the tutorial's way reads them with PIL, one by one"
+             if "data" in rows else "",
+             f"train: steps of 32 at the tutorial's architecture ({rows['train']['kit']['gflop'] / 3:.2f} GFLOP "
+             f"forward per image) on {v['frames']} real frames, {v['epochs']} epochs; the median step after "
+             f"the first {WARMUP_STEPS} counts" if "train" in rows else "",
+             f"predict: {rows['predict']['tutorial']['note']}" if "predict" in rows else "",
+             "submission: kit = submission.py (encode, then read back and check every row)"
+             if "submission" in rows else ""]
+    for note in filter(None, notes):
+        print(f"- {note}")
+    if dice:
+        f32, auto = np.mean(dice["float32"]), np.mean(dice["auto"])
+        each = lambda scores: " ".join(f"{d:.4f}" for d in scores)
+        print(f"- validation Dice, kit default recipe on the demo data ({v['dice_epochs']} epochs, 96x128, "
+              f"seeds {' '.join(map(str, v['dice_seeds']))}): float32 {each(dice['float32'])} (mean {f32:.4f}), "
+              f"auto = {dice['auto name']} {each(dice['auto'])} (mean {auto:.4f}): difference {auto - f32:+.4f}")
+    print(f"- load average {os.getloadavg()[0]:.1f} at the end; whole benchmark {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
