@@ -1,5 +1,4 @@
-"""Speed benchmark: every stage of the kit beside the 2017 Keras tutorial's way of doing the same
-work, on the same data and the same machine.
+"""Speed benchmark: each stage of the kit beside the 2017 Keras tutorial's way, same data, same machine.
 
     python bench.py            # the competition's volume: 5,635 training pairs, 5,508 test images
     python bench.py --quick    # a tenth of it, for a quick look
