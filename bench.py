@@ -212,7 +212,7 @@ def train_run(v, precision, make_inputs):
     keras.mixed_precision.set_global_policy(precision)
     fit_data, mean, std = make_inputs(t)
     model = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"], t["batchnorm"], mean, std)
-    model.compile(keras.optimizers.Adam(t["lr"]), unet.LOSSES[t["loss"]], metrics=[unet.DiceScore()])
+    model.compile(keras.optimizers.Adam(t["lr"]), unet.loss_for(t["loss"], 1), metrics=[unet.dice_metric(1)])
     timer = step_timer(keras)
     fit_data(model, v["epochs"], timer)
     steps = timer.step_seconds()
@@ -251,9 +251,10 @@ def train_kit(base, v):
         x = common.resize_stack(images, t["image_size"], "area")
         y = common.resize_stack(masks, t["image_size"], "area")
 
-        def fit(model, epochs, timer):
-            ds = train.dataset(x, y, t["batch_size"], t["augment"], 0)
-            model.fit(ds, epochs=epochs, verbose=0, callbacks=[timer])
+        def fit(model, epochs, timer):   # as train.train_fold does, less its per-epoch callbacks
+            ds = train.dataset(x, y, t["batch_size"], t["augment"], 0, range(epochs))
+            steps = train.steps_per_epoch(len(x), t["batch_size"], t["augment"])
+            model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=[timer])
         return fit, float(x.mean()), float(x.std())
 
     train_run(v, train.choose_precision("auto"), make_inputs)
@@ -314,8 +315,12 @@ def predict_setup(base, v):
     kit = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"], t["batchnorm"], 100.0, 50.0)
     kit.load_weights(base / "arrays" / "unet.weights.h5")
     kit.save(base / "arrays" / "fold0.keras")
+    # What train.py writes, with the tutorial's post-processing (threshold 0.5, no area gate, no TTA).
+    size = t["image_size"]
     (base / "arrays" / "config.json").write_text(json.dumps(
-        {"folds": ["fold0.keras"], "threshold": 0.5, "min_area": 0, "tta": False, "classes": 1}))
+        {"folds": ["fold0.keras"], "threshold": 0.5, "min_area": 0, "tta": False, "classes": 1,
+         "validation_dice": float("nan"), "precision": precision, "tile": 0, "original_size": list(SHAPE),
+         "scale": [round(size[0] / SHAPE[0], 6), round(size[1] / SHAPE[1], 6)], "class_scores": {}, "settings": {}}))
     report(precision=precision)
 
 
@@ -370,7 +375,7 @@ def predict_tutorial(base, v):
 
 def submission_kit(base, v):
     import submission
-    work = workdir(base, "submission-kit", "imgs_mask_test.npy", "imgs_id_test.npy")
+    work = workdir(base, "submission-kit", "imgs_mask_test.npy", "imgs_id_test.npy", "imgs_test.npy")
     sys.argv = ["submission.py", "--raw", str(work), "--workdir", str(work), "-q"]
     started = time.perf_counter()
     submission.main()
