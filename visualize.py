@@ -68,7 +68,11 @@ def make_case(image, truth, label, models, config):
     mask that predict.py would make of it with these models."""
     image = np.asarray(image)
     size = image.shape[:2]
-    probs = predict.probabilities(models, image[None], 1, config["tta"])
+    if config.get("tile"):   # trained on patches: predicted by tiles, as predict.py does
+        tiled, overlap = predict.tile_models(models, config["tile"], 0)
+        probs = predict.tiled_probabilities(tiled, image, config["tile"], overlap, 8, config["tta"])[None]
+    else:
+        probs = predict.probabilities(models, image[None], 1, config["tta"])
     mask = predict.final_masks(probs, size, config["threshold"], config["min_area"])[0]
     foreground = 1 - probs[..., 0] if probs.ndim == 4 else probs   # label masks: any class but background
     return dict(image=image, truth=None if truth is None else np.asarray(truth), label=label,
