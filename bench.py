@@ -344,7 +344,7 @@ def predict_tutorial(base, v):
     import cv2
     from skimage.transform import resize
     import train
-    keras, unet = train.keras, train.unet
+    unet = train.unet
     t = train.PRESETS["tutorial"]
     work = workdir(base, "predict-tutorial")
     started = time.perf_counter()

@@ -117,7 +117,7 @@ def main():
             dice, trained, total = bench(name, recipe, data, args)
             rows.append((name, recipe, dice, trained, total))
             print(f"  {recipe:<13} mean Dice {dice:.3f}  train {trained:4.0f} s  total {total:4.0f} s", flush=True)
-    print(f"\n| data set | recipe | mean Dice (held out) | training s | train + predict s |")
+    print("\n| data set | recipe | mean Dice (held out) | training s | train + predict s |")
     print("| --- | --- | --- | --- | --- |")
     for name, recipe, dice, trained, total in rows:
         print(f"| {name} | {recipe} | {dice:.3f} | {trained:.0f} | {total:.0f} |")

@@ -13,7 +13,6 @@ backup_fold<i>/ until the run completes (for --resume, see resume.py).
 
 import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -550,8 +549,6 @@ def main():
     if leftover and not args.resume:
         raise UserError(f"{leftover[0]} holds an interrupted run: pass --resume to continue it, "
                         f"or delete that folder to start afresh")
-    deadline = started + args.time_limit if args.time_limit else 0
-
     keras.utils.set_random_seed(args.seed)
     precision = choose_precision(args.precision)
     keras.mixed_precision.set_global_policy(precision)
@@ -599,7 +596,7 @@ def main():
         train, val = folds != fold, folds == fold
         log.info(f"fold {fold}: {train.sum()} training, {val.sum()} validation frames "
                  f"(subjects {sorted(set(subjects[val].tolist()))})")
-        model = train_fold(args, fold, x[train], y[train], x[val], y[val], mean, std, fold_deadline, strategy,
+        train_fold(args, fold, x[train], y[train], x[val], y[val], mean, std, fold_deadline, strategy,
                            sizes=(own_sizes[train], own_sizes[val]))
         # Validate the saved file itself, outside any distribution strategy, exactly as predict.py will.
         saved = keras.models.load_model(model_dir / f"fold{fold}.keras", compile=False)

@@ -54,3 +54,18 @@ def trained_demo(demo, tmp_path_factory):
                          "--depth", 2, "--folds", 3, "--fold", "all", "--epochs", 2, "--batch-size", 8)
     run_script("predict.py", "--raw", raw, "--workdir", work, "-q")
     return raw, work, trained.stdout
+
+
+@pytest.fixture
+def stub():
+    """A stand-in Kaggle server on 127.0.0.1 (tests/kaggle_stub.py), stopped after the test."""
+    from kaggle_stub import KaggleStub
+    with KaggleStub() as s:
+        yield s
+
+
+@pytest.fixture
+def env(tmp_path, stub):
+    """The environment of a user with Kaggle credentials whose client talks to the stub."""
+    from kaggle_stub import user_env
+    return user_env(tmp_path, stub.url)

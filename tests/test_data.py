@@ -1,12 +1,10 @@
 """data.py on tiny generated competitions (LZW TIFFs, as Kaggle ships them) and on real samples."""
 
-import io
 import shutil
 import zipfile
 
 import cv2
 import numpy as np
-import pytest
 
 from conftest import run_script, shared
 

@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # for kaggle_stub, whatever pytest's import mode
 from kaggle_stub import (FAKE_KEY, RPC_PREFIX, ROOT, STORAGE, UPLOAD, USER,  # noqa: E402
-                         KaggleStub, clean_env, user_env)
+                         clean_env)
 
 SLUG = "ultrasound-nerve-segmentation"
 
@@ -50,17 +50,6 @@ def call(env, fn, *args, no_backoff=False, **kwargs):
     if "error" in result:
         assert "\n" not in result["error"]
     return result.get("value"), result.get("error"), output
-
-
-@pytest.fixture
-def stub():
-    with KaggleStub() as s:
-        yield s
-
-
-@pytest.fixture
-def env(tmp_path, stub):
-    return user_env(tmp_path, stub.url)
 
 
 def make_zip():

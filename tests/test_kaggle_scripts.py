@@ -12,21 +12,10 @@ from conftest import run_script, shared
 from submission import read_submission
 
 sys.path.insert(0, str(Path(__file__).parent))  # for kaggle_stub, whatever pytest's import mode
-from kaggle_stub import (FAKE_KEY, KaggleStub, clean_env, competition_zip, tiny_competition,  # noqa: E402
+from kaggle_stub import (FAKE_KEY, clean_env, competition_zip, tiny_competition,  # noqa: E402
                          user_env, zip_bytes)
 
 SLUG = "ultrasound-nerve-segmentation"
-
-
-@pytest.fixture
-def stub():
-    with KaggleStub() as s:
-        yield s
-
-
-@pytest.fixture
-def env(tmp_path, stub):
-    return user_env(tmp_path, stub.url)
 
 
 def folders(tmp_path):

@@ -19,16 +19,10 @@ from conftest import ROOT, run_script
 from submission import read_submission, rle_decode
 
 sys.path.insert(0, str(Path(__file__).parent))  # for kaggle_stub, whatever pytest's import mode
-from kaggle_stub import USER, KaggleStub, competition_zip, tiny_competition, user_env  # noqa: E402
+from kaggle_stub import USER, competition_zip, tiny_competition, user_env  # noqa: E402
 
 SLUG = "ultrasound-nerve-segmentation"
 LAYOUTS = [SLUG, f"competitions/{SLUG}"]  # both are mounted in the wild
-
-
-@pytest.fixture
-def stub():
-    with KaggleStub() as s:
-        yield s
 
 
 @pytest.fixture
