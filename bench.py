@@ -581,8 +581,8 @@ def main():
             raw_folder(base, v)
         if stage in ("predict", "submission"):
             test_arrays(base, v)
-        if stage == "predict" and not (base / "arrays" / "fold0.keras").exists():
-            measure("predict", "setup", args.quick)
+        if stage == "predict":
+            measure("predict", "setup", args.quick)   # a few seconds: always as this version writes it
         rows[stage] = run_stage(stage, base, v, args)
         for folder in base.glob(f"{stage}-*"):   # outputs can be gigabytes
             shutil.rmtree(folder)
