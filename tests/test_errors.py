@@ -213,13 +213,19 @@ def save_model(work, net, **config):
     (work / "model/config.json").write_text(json.dumps(config))
 
 
+def copy_test_arrays(demo, tmp_path_factory, name):
+    """A fresh workdir holding the demo's test images and ids."""
+    work = tmp_path_factory.mktemp(name) / "work"
+    work.mkdir()
+    for array in ("imgs_test.npy", "imgs_id_test.npy"):
+        shutil.copy(demo[1] / array, work)
+    return work
+
+
 @pytest.fixture(scope="module")
 def predict_work(demo, tmp_path_factory):
     """Test arrays, a small untrained model and an earlier imgs_mask_test.npy."""
-    work = tmp_path_factory.mktemp("predict") / "work"
-    work.mkdir()
-    for name in ("imgs_test.npy", "imgs_id_test.npy"):
-        shutil.copy(demo[1] / name, work)
+    work = copy_test_arrays(demo, tmp_path_factory, "predict")
     images = np.load(work / "imgs_test.npy")
     small_model(work, original_size=list(images.shape[1:]))
     np.save(work / "imgs_mask_test.npy", np.zeros(images.shape, np.uint8))
@@ -285,10 +291,7 @@ def test_the_dangerous_model_is_dangerous(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def submission_work(demo, tmp_path_factory):
     """Test arrays, final masks and an earlier submission.csv."""
-    work = tmp_path_factory.mktemp("submission") / "work"
-    work.mkdir()
-    for name in ("imgs_test.npy", "imgs_id_test.npy"):
-        shutil.copy(demo[1] / name, work)
+    work = copy_test_arrays(demo, tmp_path_factory, "submission")
     masks = np.zeros(np.load(work / "imgs_test.npy").shape, np.uint8)
     masks[:, 10:20, 30:50] = 1
     np.save(work / "imgs_mask_test.npy", masks)
