@@ -29,7 +29,7 @@ test: $(VENV)/.installed
 # Each stage beside the 2017 tutorial's way, on the real images in ../shared/data (about 15 minutes
 # on 2 CPU cores; BENCH_FLAGS=--quick for a tenth of the volume).
 bench: $(VENV)/.installed
-	$(PY) bench.py $(BENCH_FLAGS)
+	$(PY) bench/speed.py $(BENCH_FLAGS)
 
 # The kit as a Kaggle notebook (kernel/): bundled into one script, pushed, run on Kaggle's GPU.
 # KAGGLE_USER=<name> if the Kaggle credentials do not say whose it is.

@@ -1,321 +1,80 @@
-"""Predict the final binary test masks with the model(s) train.py saved.
+"""Predict the final test masks with the model(s) train.py saved.
 
     python predict.py
     python predict.py --tile 256 --overlap 32   # images far larger than the working size
 
-Reads --workdir/imgs_test.npy and model/ (every fold listed in config.json is averaged),
-and writes imgs_mask_test.npy: (N, H, W) uint8 in {0, 1} at the original size, in the order
-of imgs_id_test.npy, with the tuned threshold and minimum area already applied; plus a few
-preview PNGs in preview/, and report.html: the run at a glance (see report.py). Label masks
-(0..K) where the model has K > 1 classes; where the images differ in size (imgs_size_test.npy)
-each mask has its image's size, top-left on the canvas.
+Reads --workdir/imgs_test.npy and model/ (every fold listed in config.json is averaged) and
+writes imgs_mask_test.npy: (N, H, W) uint8 at the original size, in the order of
+imgs_id_test.npy, with the tuned threshold and minimum area applied: {0, 1}, or labels 0..K
+for a model of K classes. Also a few preview PNGs in preview/, and report.html: the run at a
+glance (see kit/report.py).
 """
 
-import json
-import os
-import zipfile
-from concurrent.futures import ThreadPoolExecutor
+import logging
+from pathlib import Path
 
-import common
-
-tf = common.import_tensorflow()  # before Keras: hides TensorFlow's start-up noise
-import cv2
-import keras
 import numpy as np
 
-from common import UserError, log
+from kit import arrays, cli, figures, images, inference, report
+from kit.files import UserError, atomic_path
+from kit.model import classes_of
 
-THRESHOLDS = np.round(np.arange(0.2, 0.91, 0.05), 2)
+log = logging.getLogger(__name__)
 
 
-def get_args():
-    p = common.parser(__doc__.split("\n")[0])
+def get_args(argv=None):
+    p = cli.parser(__doc__)
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--chunk", type=int, default=512, help="images held in memory at once")
     p.add_argument("--previews", type=int, default=8, help="preview PNGs to write")
-    p.add_argument("--tile", type=int, default=0, metavar="SIZE",
-                   help="predict at the training scale in overlapping SIZE x SIZE tiles, one image at a time "
-                        "(0: resize whole images, or the patch size for a model trained with --patch)")
-    p.add_argument("--overlap", type=int, default=0, metavar="PIXELS", help="pixels shared by neighbouring tiles (0: a quarter of the tile)")
-    p.add_argument("--png", type=common.Path, metavar="DIR", help="also write each mask as <id>.png at its image's size into this folder")
-    return p.parse_args()
+    p.add_argument(
+        "--tile", type=int, default=0, metavar="SIZE",
+        help="predict at the training scale in overlapping SIZE x SIZE tiles, one image "
+        "at a time (0: whole images, or the patch size of a --patch model)")
+    p.add_argument("--overlap", type=int, default=0, metavar="PIXELS",
+                   help="pixels shared by neighbouring tiles (0: a quarter of the tile)")
+    p.add_argument("--png", type=Path, metavar="DIR",
+                   help="also write each mask as <id>.png at its image's size into this folder")
+    return p.parse_args(argv)
 
 
-# ---------------------------------------------------------------- the model
-
-def load_models(model_dir):
-    config_path = model_dir / "config.json"
-    if not config_path.exists():
-        raise UserError(f"{config_path} not found: run `python train.py` first")
-    try:
-        config = json.loads(config_path.read_text())
-        names = [model_dir / name for name in config["folds"]]
-        float(config["threshold"]), int(config["min_area"]), bool(config["tta"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{config_path} is damaged ({type(e).__name__}: {e}): run `python train.py` again") from None
-    models = []
-    for path in names:
-        if path.exists() and not zipfile.is_zipfile(path):
-            raise UserError(f"{path} is truncated or not a Keras model: run `python train.py` again")
-        try:
-            # safe_mode stays on: a model file never runs code of its own when loaded.
-            models.append(keras.models.load_model(path, compile=False, safe_mode=True))
-        except Exception as e:   # whatever the reason, the one fix is to train again
-            raise UserError(f"{path} cannot be loaded ({str(e).splitlines()[0][:120]}): "
-                            f"run `python train.py` again") from None
-    shapes = {(m.input_shape[1:], m.output_shape[1:]) for m in models}
-    outputs = 1 if config.get("classes", 1) == 1 else config["classes"] + 1
-    if len(shapes) > 1 or any(m.output_shape[1:3] != m.input_shape[1:3] or m.output_shape[-1] != outputs
-                              for m in models):
-        raise UserError(f"the models in {config_path} do not share one input size with {outputs} output(s) "
-                        f"({sorted(map(str, shapes))}): run `python train.py` again")
-    return models, config
-
-
-def forward(models, x, tta):
-    """The models' mean output for a batch of images (N, h, w[, C]) at their input scale and,
-    with tta, over the horizontal flip (both in one forward pass): (N, h, w) foreground
-    probabilities for a binary model, (N, h, w, K + 1) class probabilities otherwise."""
-    x = np.asarray(x, np.float32)
-    x = x[..., None] if x.ndim == 3 else x
-    n = len(x)
-    if tta:
-        x = np.concatenate([x, x[:, :, ::-1]])
-    p = np.mean([np.asarray(m.predict_on_batch(x), np.float32) for m in models], axis=0)
-    p = (p[:n] + p[n:, :, ::-1]) / 2 if tta else p
-    return p[..., 0] if p.shape[-1] == 1 else p
-
-
-def probabilities(models, images, batch_size, tta, quiet=True, sizes=None):
-    """Probabilities (see forward) of each image resized to the models' working size;
-    sizes: each image's own (H, W) where a set mixes sizes."""
-    size = models[0].input_shape[1:3]
-    classes = models[0].output_shape[-1]
-    out = np.empty((len(images), *size, *([classes] if classes > 1 else [])), np.float32)
-    for start in common.progress(range(0, len(images), batch_size), quiet or len(images) <= batch_size,
-                                 desc="predict", unit="batch"):
-        crop = None if sizes is None else sizes[start:start + batch_size]
-        x = common.resize_stack(images[start:start + batch_size], size, "area", crop=crop)
-        out[start:start + len(x)] = forward(models, x, tta)
-    return out
-
-
-# ---------------------------------------------------------------- tiles
-
-def fully_convolutional(model):
-    """The same network and weights, taking images of any size (a multiple of 2^depth)."""
-    config = model.get_config()
-    for layer in config["layers"]:
-        if layer["class_name"] == "InputLayer":
-            layer["config"]["batch_shape"] = (None, None, None, model.input_shape[-1])
-    flexible = keras.Model.from_config(config)
-    flexible.set_weights(model.get_weights())
-    return flexible
-
-
-def blending_ramp(tile, overlap):
-    """Weight along one axis of a tile: 1 inside, a cosine ramp over `overlap` pixels at each
-    end, so that the ramps of neighbouring tiles (overlapping by `overlap`) add up to exactly 1."""
-    w = np.ones(tile, np.float32)
-    if overlap:
-        ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)
-        w[:overlap], w[-overlap:] = ramp, ramp[::-1]
-    return w
-
-
-def tile_starts(length, tile, overlap):
-    """Tile origins on an axis padded by `overlap` at the start: the first tile's ramp lies in
-    the padding, and tiles continue until the last one's ramp lies in the padding at the end."""
-    stride = tile - overlap
-    count = max(1, -(-(length + 2 * overlap - tile) // stride) + 1)
-    return [i * stride for i in range(count)], (count - 1) * stride + tile - length - overlap
-
-
-def tiled_probabilities(models, image, tile, overlap, per_pass, tta):
-    """Probabilities (see forward) of one image of any size at the models' scale, from
-    overlapping tiles blended with cosine ramps; the borders are mirrored (reflect padding)
-    so that every pixel is predicted with context. Memory: the image and one float32 buffer."""
-    h, w = image.shape[:2]
-    ys, pad_y = tile_starts(h, tile, overlap)
-    xs, pad_x = tile_starts(w, tile, overlap)
-    spec = [(overlap, pad_y), (overlap, pad_x)] + [(0, 0)] * (image.ndim - 2)
-    padded = np.pad(image, spec, mode="symmetric" if min(h, w) < 2 else "reflect")
-    classes = models[0].output_shape[-1]
-    out = np.zeros((*padded.shape[:2], *([classes] if classes > 1 else [])), np.float32)
-    ramp_y, ramp_x = blending_ramp(tile, overlap), blending_ramp(tile, overlap)
-    weight = ramp_y[:, None] * ramp_x[None, :]
-    if classes > 1:
-        weight = weight[..., None]
-    corners = [(y, x) for y in ys for x in xs]
-    for start in range(0, len(corners), per_pass):
-        batch = corners[start:start + per_pass]
-        p = forward(models, np.stack([padded[y:y + tile, x:x + tile] for y, x in batch]), tta)
-        for (y, x), tile_p in zip(batch, p):
-            out[y:y + tile, x:x + tile] += tile_p * weight
-    return out[overlap:overlap + h, overlap:overlap + w]
-
-
-def tile_models(models, tile, overlap):
-    """The models ready for tiles of this size, and the overlap (default a quarter of the tile)."""
-    depth = sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in models[0].layers)
-    overlap = overlap or tile // 4
-    if tile % 2 ** depth:
-        raise UserError(f"--tile {tile} must be a multiple of {2 ** depth} (2^depth of the model)")
-    if not 0 <= overlap < tile / 2:
-        raise UserError(f"--overlap {overlap} must be less than half of --tile {tile}")
-    if tuple(models[0].input_shape[1:3]) != (tile, tile):
-        models = [fully_convolutional(m) for m in models]
-    return models, overlap
-
-
-def predict_by_tiles(models, image, size, config, tile, overlap, per_pass):
-    """Final mask of one image of original size `size`: rescaled to the training scale,
-    predicted by tiles, brought back to `size`."""
-    image = np.asarray(image)[:size[0], :size[1]]
-    sy, sx = config.get("scale", [1.0, 1.0])
-    scaled = (max(1, round(size[0] * sy)), max(1, round(size[1] * sx)))
-    if scaled != tuple(size):
-        interpolation = "area" if scaled[0] < size[0] else "linear"
-        image = common.resize_stack(image[None], scaled, interpolation)[0]
-    probs = tiled_probabilities(models, image, tile, overlap, per_pass, config["tta"])
-    return final_masks(probs[None], size, config["threshold"], config["min_area"])[0]
-
-
-# ---------------------------------------------------------------- post-processing
-
-def final_masks(probs, size, threshold, min_area, out=None, sizes=None):
-    """Upsample to the original size, threshold, and empty every mask smaller than min_area;
-    class probabilities (N, h, w, K + 1) become label masks (the likeliest class).
-    sizes: each image's own size, top-left on a canvas of `size`. One image at a time in threads
-    (OpenCV drops the GIL): never a full-size float copy of them all."""
-    if out is None:
-        out = np.empty((len(probs), *size), np.uint8)
-
-    def one(i):
-        h, w = size if sizes is None else (int(sizes[i][0]), int(sizes[i][1]))
-        full = cv2.resize(probs[i], (w, h), interpolation=cv2.INTER_LINEAR)
-        if probs.ndim == 4:
-            mask = np.argmax(full, axis=-1).astype(np.uint8)
-        else:
-            mask = np.greater(full, threshold).view(np.uint8)
-            mask = 0 if np.count_nonzero(mask) < min_area else mask
-        if sizes is not None:
-            out[i] = 0
-        out[i, :h, :w] = mask
-
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
-        list(pool.map(one, range(len(probs))))
-    return out
-
-
-def tune_postprocessing(probs, truth, pixel_area, grid=None):
-    """Threshold and minimum area (in original pixels) that maximise the mean Dice.
-
-    Tuned at the working size (pixel_area original pixels per working pixel): the area gate
-    only ever empties whole masks, so every candidate is scored from per-image counts.
-    Every (threshold, minimum area, score) tried is appended to the list `grid` if given."""
-    truth = truth.reshape(len(truth), -1).astype(bool)
-    truth_area = truth.sum(1)
-    best = (-1.0, 0.5, 0)
-    for t in THRESHOLDS:
-        pred = probs.reshape(len(probs), -1) > t
-        area = pred.sum(1)
-        inter = (pred & truth).sum(1)
-        total = area + truth_area
-        dice = np.where(total == 0, 1.0, 2 * inter / np.maximum(total, 1))
-        empty_score = (truth_area == 0).astype(float)
-        for min_area in np.unique(np.concatenate([[0], np.quantile(area[area > 0], np.linspace(0, 0.6, 31))
-                                                   if (area > 0).any() else []])):
-            score = np.where(area < min_area, empty_score, dice).mean()
-            if grid is not None:
-                grid.append((float(t), int(round(min_area * pixel_area)), float(score)))
-            if score > best[0] + 1e-9:
-                best = (score, float(t), int(round(min_area * pixel_area)))
-    log.info(f"tuned on {len(probs)} validation images: threshold {best[1]:.2f}, "
-             f"minimum area {best[2]} px (Dice at working size {best[0]:.4f})")
-    return best[1], best[2]
-
-
-# ---------------------------------------------------------------- previews
-
-PREVIEW_COLOURS = [(0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 128, 0), (0, 0, 255)]   # BGR, per class
-
-
-def save_previews(folder, images, masks, ids, sizes=None):
-    folder.mkdir(parents=True, exist_ok=True)
-    for n, (image, mask, i) in enumerate(zip(images, masks, ids)):
-        h, w = sizes[n] if sizes is not None else mask.shape
-        image, mask = np.asarray(image)[:h, :w], np.asarray(mask)[:h, :w]
-        overlay = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR if image.ndim == 2 else cv2.COLOR_RGB2BGR)
-        for c in range(1, int(mask.max(initial=0)) + 1):
-            contours, _ = cv2.findContours((mask == c).view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(overlay, contours, -1, PREVIEW_COLOURS[(c - 1) % len(PREVIEW_COLOURS)], 2)
-        with common.atomic_path(folder / f"{i}.png") as tmp:
-            if not cv2.imwrite(str(tmp), overlay):
-                raise UserError(f"cannot write {folder / f'{i}.png'}: check free disk space and permissions")
-
-
-def save_pngs(folder, masks, ids, sizes, binary):
-    """Each mask at its image's size: 0/255 for binary masks, the labels 0..K otherwise."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for n, (mask, i) in enumerate(zip(masks, ids)):
-        h, w = sizes[n] if sizes is not None else mask.shape
-        mask = np.asarray(mask)[:h, :w] * (255 if binary else 1)
-        with common.atomic_path(folder / f"{i}.png") as tmp:
-            cv2.imwrite(str(tmp), mask.astype(np.uint8))
-
-
-# ---------------------------------------------------------------- main
-
-def main():
-    args = get_args()
-    common.setup_logging(args)
-    work = args.workdir
-    fix = "run `python data.py` first"
-    images = common.load_npy(work / "imgs_test.npy", "test image array", fix, mmap=True)
-    ids = common.load_npy(work / "imgs_id_test.npy", "test id array", fix)
-    if len(ids) != len(images):
-        raise UserError(f"{work}/imgs_test.npy and imgs_id_test.npy disagree: run `python data.py` again")
-    models, config = load_models(work / "model")
+def check_fit(work, test, models, config, tile, sizes):
+    """The test images must be what the models were trained on: channels, and size unless tiled."""
     channels = models[0].input_shape[-1]
-    if (images.shape[3] if images.ndim == 4 else 1) != channels:
-        raise UserError(f"the model expects {channels} channel(s) but {work}/imgs_test.npy has shape "
-                        f"{images.shape}: train and predict on the same data")
-    sizes = common.load_sizes(work, "test", len(images))
-    tile = args.tile or config.get("tile", 0)
-    trained_on = config.get("original_size")
-    if trained_on and sizes is None and not tile and list(images.shape[1:3]) != list(trained_on):
-        raise UserError(f"{work / 'model'} was trained on {trained_on[1]}x{trained_on[0]} images but "
-                        f"{work}/imgs_test.npy holds {images.shape[2]}x{images.shape[1]} ones: run `python data.py` "
-                        f"and `python train.py` on this competition's data")
+    if (test.shape[3] if test.ndim == 4 else 1) != channels:
+        raise UserError(f"the model expects {channels} channel(s) but {work}/imgs_test.npy has "
+                        f"shape {test.shape}: train and predict on the same data")
+    trained_on = config.original_size
+    if trained_on and sizes is None and not tile and list(test.shape[1:3]) != list(trained_on):
+        raise UserError(f"{work / 'model'} was trained on {trained_on[1]}x{trained_on[0]} images "
+                        f"but {work}/imgs_test.npy holds {test.shape[2]}x{test.shape[1]} ones: run "
+                        f"`python data.py` and `python train.py` on this competition's data")
 
-    with common.atomic_path(work / "imgs_mask_test.npy") as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=images.shape[:3])
-        if tile:
-            per_pass = max(1, args.batch_size * int(np.prod(models[0].input_shape[1:3])) // tile ** 2)
-            models, overlap = tile_models(models, tile, args.overlap)
-            for i in common.progress(range(len(images)), args.quiet, desc="tiled images"):
-                h, w = sizes[i] if sizes is not None else images.shape[1:3]
-                out[i] = 0
-                out[i, :h, :w] = predict_by_tiles(models, images[i], (h, w), config, tile, overlap, per_pass)
-        else:
-            for start in common.progress(range(0, len(images), args.chunk), args.quiet, desc="test chunks"):
-                chunk = images[start:start + args.chunk]
-                crop = None if sizes is None else sizes[start:start + args.chunk]
-                probs = probabilities(models, chunk, args.batch_size, config["tta"], quiet=True, sizes=crop)
-                final_masks(probs, images.shape[1:3], config["threshold"], config["min_area"],
-                            out=out[start:start + len(chunk)], sizes=crop)
-        out.flush()
-        n = min(args.previews, len(images))
-        save_previews(work / "preview", images[:n], out[:n], ids[:n], None if sizes is None else sizes[:n])
+
+def main(argv=None):
+    args = get_args(argv)
+    cli.setup_logging(args)
+    work = args.workdir
+    test, ids = arrays.load_test_set(work)
+    models, config = inference.load_models(work / "model")
+    sizes = arrays.load_sizes(work, "test", len(test))
+    tile = args.tile or config.tile
+    check_fit(work, test, models, config, tile, sizes)
+
+    with atomic_path(arrays.path(work, arrays.TEST_MASKS)) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=test.shape[:3])
+        inference.predict_set(models, config, test, sizes, out, args.batch_size, args.chunk, tile,
+                              args.overlap, args.quiet)
+        n = min(args.previews, len(test))
+        figures.save_previews(work / "preview", test[:n], out[:n], ids[:n],
+                              None if sizes is None else sizes[:n])
         if args.png:
-            save_pngs(args.png, out, ids, sizes, config.get("classes", 1) == 1)
+            images.save_pngs(args.png, out, ids, sizes, classes_of(models[0]) == 1)
         empty = float((out.reshape(len(out), -1).max(1) == 0).mean())
         del out
-    log.info(f"{len(images)} masks ({empty:.0%} empty) -> {work / 'imgs_mask_test.npy'}")
-    import report   # here, not above: the report draws with visualize.py, which imports this module
+    log.info(f"{len(test)} masks ({empty:.0%} empty) -> {arrays.path(work, arrays.TEST_MASKS)}")
     report.write_report(work, models, config)
 
 
 if __name__ == "__main__":
-    common.run(main)
+    cli.run(main)

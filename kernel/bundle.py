@@ -1,6 +1,7 @@
-"""Build the folder that `kaggle kernels push` uploads: kernel.py with the kit inside, and its metadata.
+"""Build the folder that `kaggle kernels push` uploads: kernel.py with the kit inside, and its
+metadata.
 
-    python kernel/bundle.py build/kernel                  # the owner: the user of the Kaggle credentials
+    python kernel/bundle.py build/kernel                  # owner: the credentials' user
     python kernel/bundle.py build/kernel --user NAME      # no credentials needed
 
 `make kaggle-push` runs this, then `kaggle kernels push -p build/kernel`.
@@ -17,25 +18,32 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
+from kit import cli  # noqa: E402
+from kit.files import UserError, atomic_path  # noqa: E402
+
+STEPS = ("data.py", "train.py", "predict.py", "submission.py")  # what the notebook runs
 
 
 def kit_base64():
-    """The kit's modules as a zip in base64, byte-identical from one build to the next."""
+    """The four steps and their library as a zip in base64, byte-identical from one build to
+    the next."""
     buf = io.BytesIO()
+    files = [ROOT / step for step in STEPS] + sorted((ROOT / "kit").glob("*.py"))
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for path in sorted(ROOT.glob("*.py")):
-            z.writestr(zipfile.ZipInfo(path.name, date_time=(1980, 1, 1, 0, 0, 0)), path.read_bytes(),
+        for path in files:
+            name = path.relative_to(ROOT).as_posix()
+            z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), path.read_bytes(),
                        compress_type=zipfile.ZIP_DEFLATED)
     return base64.b64encode(buf.getvalue()).decode()
 
 
 def kaggle_username():
-    import kaggle_io
-    user = kaggle_io.username()
+    from kit import kaggle_api
+
+    user = kaggle_api.username()
     if not user:
-        raise common.UserError("the Kaggle credentials do not name their user: pass --user NAME "
-                               "(make kaggle-push KAGGLE_USER=NAME)")
+        raise UserError("the Kaggle credentials do not name their user: pass --user NAME "
+                        "(make kaggle-push KAGGLE_USER=NAME)")
     return user
 
 
@@ -43,22 +51,23 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("out", type=Path, help="folder to write kernel.py and kernel-metadata.json into")
-    p.add_argument("--user", help="Kaggle username that will own the notebook (None: the credentials' user)")
+    p.add_argument("--user",
+                   help="Kaggle username that will own the notebook (None: the credentials' user)")
     args = p.parse_args()
 
     source = (HERE / "kernel.py").read_text()
     if source.count('\nKIT = ""') != 1:
-        raise common.UserError(f"{HERE / 'kernel.py'} lost its `KIT = \"\"` line: restore it")
+        raise UserError(f'{HERE / "kernel.py"} lost its `KIT = ""` line: restore it')
     meta = json.loads((HERE / "kernel-metadata.json").read_text())
     meta["id"] = f"{args.user or kaggle_username()}/{meta['id'].split('/')[-1]}"
 
     args.out.mkdir(parents=True, exist_ok=True)
-    with common.atomic_path(args.out / meta["code_file"]) as tmp:
+    with atomic_path(args.out / meta["code_file"]) as tmp:
         tmp.write_text(source.replace('\nKIT = ""', f'\nKIT = "{kit_base64()}"', 1))
-    with common.atomic_path(args.out / "kernel-metadata.json") as tmp:
+    with atomic_path(args.out / "kernel-metadata.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
     print(f"{args.out / meta['code_file']} ({meta['id']}) ready to push")
 
 
 if __name__ == "__main__":
-    common.run(main)
+    cli.run(main)

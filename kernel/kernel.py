@@ -1,6 +1,6 @@
 """The starter kit as a Kaggle notebook: its four steps on the competition's data, offline.
 
-    make kaggle-push        # bundles the kit into this script and pushes it with `kaggle kernels push`
+    make kaggle-push        # bundles the kit into this script, `kaggle kernels push`es it
 
 On Kaggle the scripts find the competition under /kaggle/input, read it in place, and write
 to /kaggle/working: submission.csv (what Kaggle scores when the notebook is submitted),
@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-KIT = ""  # the kit's *.py, zipped and base64-encoded by kernel/bundle.py
+KIT = ""  # the four steps and kit/, zipped and base64-encoded by kernel/bundle.py
 
 # The kit's defaults, within a budget that leaves room in a Kaggle GPU session. Flags in the
 # environment variable KIT_TRAIN_ARGS come after these, so they win.
@@ -60,10 +60,11 @@ def main():
         run(kit, "predict.py")
         run(kit, "submission.py")
         sys.path.insert(0, str(kit))
-        import common
-        if common.in_kaggle_notebook():
+        from kit import files
+
+        if files.in_kaggle_notebook():
             # The arrays take gigabytes and data.py rebuilds them: keep the notebook's output small.
-            for array in common.kaggle_working_root().glob("imgs_*.npy"):
+            for array in files.kaggle_working_root().glob("imgs_*.npy"):
                 array.unlink()
 
 

@@ -16,7 +16,8 @@ def scene(rng, h, w, classes=1):
         if c == 1:
             cv2.circle(mask, (x, y), r, 1, -1)
         elif c == 2:
-            mask[y - r:y + r, x - r:x + r] = np.where(mask[y - r:y + r, x - r:x + r] == 0, 2, mask[y - r:y + r, x - r:x + r])
+            mask[y - r:y + r, x - r:x + r] = np.where(mask[y - r:y + r, x - r:x + r] == 0, 2,
+                                                      mask[y - r:y + r, x - r:x + r])
         else:
             ring = np.zeros_like(mask)
             cv2.circle(ring, (x, y), r, 1, max(2, r // 3))
@@ -28,7 +29,8 @@ def scene(rng, h, w, classes=1):
 
 
 def save_mask(path, labels, classes):
-    """Binary masks as 0/255 grayscale, label masks as palette PNGs (their colours are not the labels)."""
+    """Binary masks as 0/255 grayscale, label masks as palette PNGs (their colours are not the
+    labels)."""
     if classes == 1:
         cv2.imwrite(str(path), labels * 255)
         return
@@ -37,7 +39,8 @@ def save_mask(path, labels, classes):
     image.save(path)
 
 
-def write_pairs(images_dir, masks_dir, sizes, classes=1, suffix="", extensions=(".png",), seed=0, names=None):
+def write_pairs(images_dir, masks_dir, sizes, classes=1, suffix="", extensions=(".png", ), seed=0,
+                names=None):
     """One image and mask per size; image formats cycle through `extensions`. Returns the stems."""
     rng = np.random.default_rng(seed)
     images_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 How the real client (kaggle 2.2.4) finds it:
 - KAGGLE_API_ENVIRONMENT=LOCALHOST makes it send its JSON POSTs to
-  http://localhost/api/v1/<Service>/<Method>, e.g. competitions.CompetitionApiService/ListSubmissions
+  http://localhost/api/v1/<Service>/<Method>, e.g.
+  competitions.CompetitionApiService/ListSubmissions
   (it must be set before `import kaggle`: the client reads it into a class attribute);
 - HTTP_PROXY=<stub.url> makes requests send every plain-http request, whatever the host,
   to this server as a proxy request (full URL in the request line). So the storage and
@@ -28,14 +29,20 @@ FAKE_KEY = "f4k3k3y0123456789abcdef0123456789"
 
 
 def clean_env(tmp_path, proxy):
-    """The environment of a user with no Kaggle settings, whose every http request goes to `proxy`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("KAGGLE_") and k.lower() not in
-           ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "xdg_config_home")}
+    """The environment of a user with no Kaggle settings, whose every http request goes to
+    `proxy`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KAGGLE_") and k.lower() not in ("http_proxy", "https_proxy",
+                                                             "all_proxy", "no_proxy",
+                                                             "xdg_config_home")
+    }
     home = tmp_path / "home"
     home.mkdir()
-    env.update(HOME=str(home), KAGGLE_CONFIG_DIR=str(home / ".kaggle"), KAGGLE_API_ENVIRONMENT="LOCALHOST",
-               HTTP_PROXY=proxy, http_proxy=proxy, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
+    env.update(HOME=str(home), KAGGLE_CONFIG_DIR=str(home / ".kaggle"),
+               KAGGLE_API_ENVIRONMENT="LOCALHOST", HTTP_PROXY=proxy, http_proxy=proxy,
+               PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
     return env
 
 
@@ -60,7 +67,8 @@ def competition_zip(files, nested):
 
 
 def tiny_competition(h=20, w=28):
-    """{path: bytes} of a small competition in the nerve layout: 2 subjects x 3 frames, test ids 1-3."""
+    """{path: bytes} of a small competition in the nerve layout: 2 subjects x 3 frames, test ids
+    1-3."""
     import cv2
     import numpy as np
 
@@ -82,7 +90,8 @@ def tiny_competition(h=20, w=28):
 
 
 def user_env(tmp_path, proxy):
-    """clean_env() plus a kaggle.json holding USER and FAKE_KEY, as Kaggle's settings page makes it."""
+    """clean_env() plus a kaggle.json holding USER and FAKE_KEY, as Kaggle's settings page makes
+    it."""
     env = clean_env(tmp_path, proxy)
     config = Path(env["KAGGLE_CONFIG_DIR"], "kaggle.json")
     config.parent.mkdir()
@@ -95,25 +104,26 @@ class KaggleStub:
     """Scripted replies, plus a record of every request received. Use as a context manager."""
 
     def __init__(self):
-        self.requests = []            # dicts: method, url, headers, body, json; in arrival order
-        self.fail = {}                # RPC name (or "GET" for storage, "PUT" for upload) -> HTTP status
-        self.zip_bytes = b""          # what the competition download serves
-        self.truncate = False         # announce all of zip_bytes, send half, hang up
-        self.uploads = {}             # upload token -> bytes received
-        self.statuses = ["COMPLETE"]  # status ListSubmissions reports, one per call; the last repeats
+        self.requests = []  # dicts: method, url, headers, body, json; in arrival order
+        self.fail = {}  # RPC name (or "GET" for storage, "PUT" for upload) -> HTTP status
+        self.zip_bytes = b""  # what the competition download serves
+        self.truncate = False  # announce all of zip_bytes, send half, hang up
+        self.uploads = {}  # upload token -> bytes received
+        self.statuses = ["COMPLETE"
+                         ]  # status ListSubmissions reports, one per call; the last repeats
         self.public_score = "0.5"
         self.error_description = None
-        self.made = []                # submissions created through the stub, newest first
-        self.history = []             # older submissions (API JSON shape) listed after those
-        self.tokens = {}              # access token (KAGGLE_API_TOKEN) -> the username it belongs to
-        self.kernels = []             # SaveKernel requests (kaggle kernels push)
+        self.made = []  # submissions created through the stub, newest first
+        self.history = []  # older submissions (API JSON shape) listed after those
+        self.tokens = {}  # access token (KAGGLE_API_TOKEN) -> the username it belongs to
+        self.kernels = []  # SaveKernel requests (kaggle kernels push)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
         self.server.stub = self
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
     def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05, ), daemon=True).start()
         return self
 
     def __exit__(self, *exc):
@@ -134,7 +144,9 @@ class KaggleStub:
     def DownloadDataFiles(self, req):
         # Kaggle answers with a redirect to a signed storage URL.
         name = req["competitionName"]
-        return 302, {"Location": f"{STORAGE}/competitions-data/{name}.zip?GoogleAccessId=stub&Signature=x"}, b""
+        return (302, {
+            "Location": f"{STORAGE}/competitions-data/{name}.zip?GoogleAccessId=stub&Signature=x"
+        }, b"")
 
     def StartSubmissionUpload(self, req):
         token = f"blob-{len(self.uploads) + 1}"
@@ -142,15 +154,27 @@ class KaggleStub:
 
     def CreateSubmission(self, req):
         ref = 1000 + len(self.made)
-        self.made.insert(0, {"ref": ref, "date": "2024-05-01T12:00:00.000Z", "status": "PENDING",
-                             "description": req.get("submissionDescription", ""),
-                             "fileName": "submission.csv"})
-        return _json({"message": "Successfully submitted to Ultrasound Nerve Segmentation", "ref": ref})
+        self.made.insert(
+            0, {
+                "ref": ref,
+                "date": "2024-05-01T12:00:00.000Z",
+                "status": "PENDING",
+                "description": req.get("submissionDescription", ""),
+                "fileName": "submission.csv"
+            })
+        return _json({
+            "message": "Successfully submitted to Ultrasound Nerve Segmentation",
+            "ref": ref
+        })
 
     def SaveKernel(self, req):
         self.kernels.append(req)
         slug = req.get("slug", "")
-        return _json({"ref": f"/code/{slug}", "url": f"https://www.kaggle.com/code/{slug}", "versionNumber": 1})
+        return _json({
+            "ref": f"/code/{slug}",
+            "url": f"https://www.kaggle.com/code/{slug}",
+            "versionNumber": 1
+        })
 
     def ListSubmissions(self, req):
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
@@ -180,8 +204,13 @@ class _Handler(BaseHTTPRequestHandler):
             parsed = json.loads(body) if body else None
         except ValueError:
             parsed = None
-        self.server.stub.requests.append({"method": self.command, "url": self.path,
-                                          "headers": dict(self.headers), "body": body, "json": parsed})
+        self.server.stub.requests.append({
+            "method": self.command,
+            "url": self.path,
+            "headers": dict(self.headers),
+            "body": body,
+            "json": parsed
+        })
         return body, parsed
 
     def _reply(self, status, headers, body):
@@ -219,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/zip")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data[: len(data) // 2])
+        self.wfile.write(data[:len(data) // 2])
         self.close_connection = True
 
     def do_PUT(self):

@@ -8,7 +8,10 @@ import numpy as np
 
 from conftest import run_script, shared
 
-OUTPUTS = ["imgs_train.npy", "imgs_mask_train.npy", "imgs_subject_train.npy", "imgs_test.npy", "imgs_id_test.npy"]
+OUTPUTS = [
+    "imgs_train.npy", "imgs_mask_train.npy", "imgs_subject_train.npy", "imgs_test.npy",
+    "imgs_id_test.npy"
+]
 
 
 def make_competition(raw, h=20, w=28, subjects=(1, 2), frames=3, test_ids=(3, 1, 2), seed=0):
@@ -17,7 +20,8 @@ def make_competition(raw, h=20, w=28, subjects=(1, 2), frames=3, test_ids=(3, 1,
     (raw / "test").mkdir(parents=True)
     for s in subjects:
         for n in range(1, frames + 1):
-            cv2.imwrite(str(raw / "train" / f"{s}_{n}.tif"), rng.integers(0, 255, (h, w), dtype=np.uint8))
+            cv2.imwrite(str(raw / "train" / f"{s}_{n}.tif"),
+                        rng.integers(0, 255, (h, w), dtype=np.uint8))
             mask = np.zeros((h, w), np.uint8)
             mask[2:2 + n, 3:3 + s] = 255
             cv2.imwrite(str(raw / "train" / f"{s}_{n}_mask.tif"), mask)
@@ -32,14 +36,14 @@ def convert(raw, work, *extra, check=True):
 
 def test_converts_lzw_tiffs(tmp_path):
     raw = make_competition(tmp_path / "raw")
-    assert b"\x05\x00" in (raw / "test" / "1.tif").read_bytes()      # compression tag 5: LZW
+    assert b"\x05\x00" in (raw / "test" / "1.tif").read_bytes()  # compression tag 5: LZW
     convert(raw, tmp_path / "work")
     work = tmp_path / "work"
     images, masks = np.load(work / "imgs_train.npy"), np.load(work / "imgs_mask_train.npy")
     assert images.shape == masks.shape == (6, 20, 28) and images.dtype == masks.dtype == np.uint8
     assert set(np.unique(masks)) == {0, 1}
     assert np.load(work / "imgs_subject_train.npy").tolist() == [1, 1, 1, 2, 2, 2]
-    assert masks[4].sum() == 2 * 2                                   # subject 2, frame 2
+    assert masks[4].sum() == 2 * 2  # subject 2, frame 2
     assert np.load(work / "imgs_id_test.npy").tolist() == [1, 2, 3]
     assert [int(t[0, 0]) for t in np.load(work / "imgs_test.npy")] == [1, 2, 3]
     expected = cv2.imread(str(raw / "train" / "2_3.tif"), cv2.IMREAD_UNCHANGED)
@@ -115,13 +119,15 @@ def test_masks_of_0_and_1_are_read_and_grey_masks_refused(tmp_path):
 
 def test_demo_writes_the_competition_layout(tmp_path):
     raw, work = tmp_path / "raw", tmp_path / "work"
-    run_script("data.py", "--demo", "--demo-size", 42, 58, "--demo-subjects", 3, "--raw", raw, "--workdir", work, "-q")
+    run_script("data.py", "--demo", "--demo-size", 42, 58, "--demo-subjects", 3, "--raw", raw,
+               "--workdir", work, "-q")
     masks = np.load(work / "imgs_mask_train.npy")
     assert masks.shape == (60, 42, 58)
     share = (masks.reshape(60, -1).max(1) > 0).mean()
-    assert 0.2 < share < 0.6                                        # about 40% of frames hold a nerve
+    assert 0.2 < share < 0.6  # about 40% of frames hold a nerve
     assert len(np.unique(np.load(work / "imgs_subject_train.npy"))) == 3
-    assert len(list((raw / "test_masks").glob("*_mask.tif"))) == len(np.load(work / "imgs_id_test.npy"))
+    assert len(list(
+        (raw / "test_masks").glob("*_mask.tif"))) == len(np.load(work / "imgs_id_test.npy"))
 
 
 def test_real_kaggle_samples(tmp_path):
@@ -129,7 +135,7 @@ def test_real_kaggle_samples(tmp_path):
     raw = tmp_path / "raw"
     shutil.copytree(sample, raw)
     result = convert(raw, tmp_path / "work", check=False)
-    assert result.returncode == 2 and "2_20_mask.tif" in result.stderr      # its image is missing
+    assert result.returncode == 2 and "2_20_mask.tif" in result.stderr  # its image is missing
     convert(raw, tmp_path / "work", "--skip-unpaired")
     images = np.load(tmp_path / "work" / "imgs_train.npy")
     masks = np.load(tmp_path / "work" / "imgs_mask_train.npy")

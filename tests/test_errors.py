@@ -38,11 +38,12 @@ def refused_without_writing(script, args, words, *watched):
     before = snapshot(*watched)
     result = run_script(script, *args, check=False)
     assert_refused(result, words)
-    assert snapshot(*watched) == before       # nothing new, nothing changed, no temporary left behind
+    assert snapshot(*watched) == before  # nothing new, nothing changed, no temporary left behind
     return result
 
 
 # ---------------------------------------------------------------- data.py
+
 
 def write(path, image):
     assert cv2.imwrite(str(path), image)
@@ -59,7 +60,7 @@ def png_named_tif(path):
 
 def zip_bomb(raw):
     with zipfile.ZipFile(raw / "train.zip", "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("train/1_1.tif", bytes(8 * 2**20))   # 8 MB of zeros in a few kB
+        z.writestr("train/1_1.tif", bytes(8 * 2**20))  # 8 MB of zeros in a few kB
 
 
 def corrupt_zip(raw):
@@ -85,33 +86,44 @@ DATA_CASES = {
                            ["1_2.tif has no mask 1_2_mask.tif", "--skip-unpaired"]),
     "mask without image": (lambda raw: (raw / "train/2_1.tif").unlink(),
                            ["2_1_mask.tif has no image 2_1.tif", "--skip-unpaired"]),
-    "truncated tiff": (lambda raw: half(raw / "train/1_3.tif"), ["1_3.tif", "corrupt or truncated", "replace it"]),
-    "png named .tif": (lambda raw: png_named_tif(raw / "test/2.tif"), ["2.tif is not a TIFF", "replace it"]),
-    "empty .tif": (lambda raw: (raw / "test/3.tif").write_bytes(b""), ["3.tif is not a TIFF", "replace it"]),
-    "mixed sizes, test": (lambda raw: write(raw / "test/2.tif", np.zeros((10, 10), np.uint8)),
-                          ["2.tif is 10x10", "share one size"]),
-    "mixed sizes, train": (lambda raw: write(raw / "train/2_2.tif", np.zeros((10, 10), np.uint8)),
-                           ["2_2.tif is 10x10", "share one size"]),
-    "mask of another size": (lambda raw: write(raw / "train/1_3_mask.tif", np.zeros((10, 10), np.uint8)),
-                             ["1_3_mask.tif is 10x10 but", "1_3.tif is 28x20", "its image's size"]),
-    "16-bit image": (lambda raw: write(raw / "train/1_1.tif", np.full((20, 28), 1000, np.uint16)),
-                     ["1_1.tif is uint16", "convert it to 8-bit"]),
-    "colour mask": (lambda raw: write(raw / "train/1_1_mask.tif", np.zeros((20, 28, 3), np.uint8)),
-                    ["1_1_mask.tif is a colour mask", "single-channel"]),
-    "mask not binary": (lambda raw: write(raw / "train/2_2_mask.tif", np.arange(560, dtype=np.uint8).reshape(20, 28)),
+    "truncated tiff": (lambda raw: half(raw / "train/1_3.tif"),
+                       ["1_3.tif", "corrupt or truncated", "replace it"]),
+    "png named .tif": (lambda raw: png_named_tif(raw / "test/2.tif"),
+                       ["2.tif is not a TIFF", "replace it"]),
+    "empty .tif": (lambda raw:
+                   (raw / "test/3.tif").write_bytes(b""), ["3.tif is not a TIFF", "replace it"]),
+    "mixed sizes, test": (lambda raw: write(raw / "test/2.tif", np.zeros(
+        (10, 10), np.uint8)), ["2.tif is 10x10", "share one size"]),
+    "mixed sizes, train": (lambda raw: write(raw / "train/2_2.tif", np.zeros(
+        (10, 10), np.uint8)), ["2_2.tif is 10x10", "share one size"]),
+    "mask of another size": (
+        lambda raw: write(raw / "train/1_3_mask.tif", np.zeros((10, 10), np.uint8)),
+        ["1_3_mask.tif is 10x10 but", "1_3.tif is 28x20", "its image's size"]),
+    "16-bit image": (lambda raw: write(raw / "train/1_1.tif", np.full(
+        (20, 28), 1000, np.uint16)), ["1_1.tif is uint16", "convert it to 8-bit"]),
+    "colour mask": (lambda raw: write(
+        raw / "train/1_1_mask.tif",
+        np.dstack([np.zeros((20, 28), np.uint8)] * 2 + [np.full(
+            (20, 28), 255, np.uint8)])), ["1_1_mask.tif is a colour mask", "single-channel"]),
+    "mask not binary": (lambda raw: write(raw / "train/2_2_mask.tif",
+                                          np.arange(560, dtype=np.uint8).reshape(20, 28)),
                         ["2_2_mask.tif is not a binary mask", "0 and 255"]),
     "test name not an integer": (lambda raw: shutil.copy(raw / "test/1.tif", raw / "test/1a.tif"),
                                  ["1a.tif is not named <integer id>.tif"]),
     "duplicate test id": (lambda raw: shutil.copy(raw / "test/1.tif", raw / "test/01.tif"),
                           ["have the same id", "remove one"]),
-    "duplicate training frame": (lambda raw: [shutil.copy(raw / f"train/1_1{m}.tif", raw / f"train/01_1{m}.tif")
-                                              for m in ("", "_mask")], ["are the same frame", "remove one"]),
-    "training name malformed": (lambda raw: shutil.copy(raw / "train/1_1.tif", raw / "train/scan.tif"),
-                                ["scan.tif is not named <subject>_<frame>.tif", "rename it"]),
+    "duplicate training frame": (
+        lambda raw:
+        [shutil.copy(raw / f"train/1_1{m}.tif", raw / f"train/01_1{m}.tif")
+         for m in ("", "_mask")], ["are the same frame", "remove one"]),
+    "training name malformed": (
+        lambda raw: shutil.copy(raw / "train/1_1.tif", raw / "train/scan.tif"),
+        ["scan.tif is not named <subject>_<frame>.tif", "rename it"]),
     "zip bomb": (lambda raw: (without_folders(raw), zip_bomb(raw)), ["train.zip", "zip bomb"]),
     "corrupt zip": (lambda raw: (without_folders(raw), corrupt_zip(raw)),
                     ["train.zip is corrupt", "download it again"]),
-    "zip path traversal": (lambda raw: (without_folders(raw), traversal_zip(raw)), ["evil.zip", "outside", "refusing"]),
+    "zip path traversal": (lambda raw: (without_folders(raw), traversal_zip(raw)),
+                           ["evil.zip", "outside", "refusing"])
 }
 
 
@@ -137,12 +149,14 @@ def test_data_refuses(case, converted, tmp_path):
 def test_data_unwritable_workdir(converted, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    refused_without_writing("data.py", ["--raw", converted / "raw", "--workdir", blocker / "work", "-q"],
+    refused_without_writing("data.py",
+                            ["--raw", converted / "raw", "--workdir", blocker / "work", "-q"],
                             [str(blocker), "check the path"], tmp_path)
 
 
 def test_traceback_only_with_verbose(converted, tmp_path):
-    result = run_script("data.py", "--raw", tmp_path / "none", "--workdir", tmp_path / "work", "-v", check=False)
+    result = run_script("data.py", "--raw", tmp_path / "none", "--workdir", tmp_path / "work", "-v",
+                        check=False)
     assert result.returncode != 0 and "Traceback" in result.stderr and "UserError" in result.stderr
 
 
@@ -151,7 +165,8 @@ def test_colour_images_are_converted_and_said(converted, tmp_path):
     gray = cv2.imread(str(raw / "train/2_1.tif"), cv2.IMREAD_UNCHANGED)
     write(raw / "train/2_1.tif", np.dstack([gray, gray // 2, gray // 3]))
     result = run_script("data.py", "--raw", raw, "--workdir", tmp_path / "work", "-q")
-    assert "2_1.tif is a colour image" in result.stdout and "converted to grayscale" in result.stdout
+    assert ("2_1.tif is a colour image" in result.stdout and
+            "converted to grayscale" in result.stdout)
     images = np.load(tmp_path / "work/imgs_train.npy")
     expected = cv2.cvtColor(np.dstack([gray, gray // 2, gray // 3]), cv2.COLOR_BGR2GRAY)
     assert np.array_equal(images[3], expected)
@@ -159,12 +174,15 @@ def test_colour_images_are_converted_and_said(converted, tmp_path):
 
 # ---------------------------------------------------------------- train.py
 
+
 def truncated_npy(work):
     half(work / "imgs_train.npy")
 
 
 def pickled_npy(work):
-    np.save(work / "imgs_subject_train.npy", np.array([{"subject": 1}] * 100, dtype=object), allow_pickle=True)
+    np.save(work / "imgs_subject_train.npy", np.array([{
+        "subject": 1
+    }] * 100, dtype=object), allow_pickle=True)
 
 
 def fewer_masks(work):
@@ -184,13 +202,16 @@ def copy_arrays(source, work):
 
 
 TRAIN_CASES = {
-    "no arrays": (lambda work: [p.unlink() for p in work.glob("*.npy")], [], ["imgs_train.npy not found", "data.py"]),
+    "no arrays": (lambda work: [p.unlink() for p in work.glob("*.npy")], [],
+                  ["imgs_train.npy not found", "data.py"]),
     "truncated .npy": (truncated_npy, [], ["imgs_train.npy is not a readable", "python data.py"]),
-    ".npy of another kind": (pickled_npy, [], ["imgs_subject_train.npy is not a readable", "python data.py"]),
+    ".npy of another kind": (pickled_npy, [],
+                             ["imgs_subject_train.npy is not a readable", "python data.py"]),
     ".npy from another run": (fewer_masks, [], ["do not match", "python data.py` again"]),
     "fold out of range": (lambda work: None, ["--fold", "7"], ["--fold 7", "from 0 to 2"]),
-    "interrupted run, no --resume": (leftover_backup, [], ["backup_fold0 holds an interrupted run", "--resume",
-                                                          "delete that folder"]),
+    "interrupted run, no --resume": (leftover_backup, [], [
+        "backup_fold0 holds an interrupted run", "--resume", "delete that folder"
+    ])
 }
 
 
@@ -200,11 +221,14 @@ def test_train_refuses(case, demo, tmp_path):
     work = tmp_path / "work"
     copy_arrays(demo[1], work)
     spoil(work)
-    refused_without_writing("train.py", ["--workdir", work, "--folds", 3, "--epochs", 1, "--image-size", 32, 48,
-                                         "--width", 4, "--depth", 2, "-q", *extra], words, tmp_path)
+    refused_without_writing("train.py", [
+        "--workdir", work, "--folds", 3, "--epochs", 1, "--image-size", 32, 48, "--width", 4,
+        "--depth", 2, "-q", *extra
+    ], words, tmp_path)
 
 
 # ---------------------------------------------------------------- predict.py
+
 
 def save_model(work, net, **config):
     (work / "model").mkdir(exist_ok=True)
@@ -237,31 +261,37 @@ def lambda_model(work, marker):
     named by $KIT_TEST_MARKER (set for the scripts run by the test too)."""
     import os
     import keras
+
     os.environ["KIT_TEST_MARKER"] = str(marker)
     inputs = keras.Input((32, 48, 1))
-    code = lambda x: (open(__import__("os").environ["KIT_TEST_MARKER"], "a").close(), x)[1]  # noqa: E731
+    code = lambda x: (  # noqa: E731
+        open(__import__("os").environ["KIT_TEST_MARKER"], "a").close(), x)[1]
     save_model(work, keras.Model(inputs, keras.layers.Lambda(code)(inputs)))
     marker.unlink()
 
 
 def small_model(work, channels=1, **config):
-    import model as unet
+    from kit import model as unet
+
     save_model(work, unet.build_unet((32, 48), channels=channels, width=4, depth=2), **config)
 
 
 PREDICT_CASES = {
-    "no model": (lambda work, tmp: shutil.rmtree(work / "model"), ["config.json not found", "python train.py"]),
+    "no model": (lambda work, tmp: shutil.rmtree(work / "model"),
+                 ["config.json not found", "python train.py"]),
     "config damaged": (lambda work, tmp: (work / "model/config.json").write_text('{"folds": '),
                        ["config.json is damaged", "python train.py` again"]),
     "model truncated": (lambda work, tmp: half(work / "model/fold0.keras"),
                         ["fold0.keras is truncated", "python train.py` again"]),
     "model that runs code": (lambda work, tmp: lambda_model(work, tmp / "marker"),
                              ["fold0.keras cannot be loaded", "Lambda", "python train.py` again"]),
-    "model of other channels": (lambda work, tmp: small_model(work, channels=3), ["3 channel(s)", "imgs_test.npy"]),
-    "model of another size": (lambda work, tmp: small_model(work, original_size=[420, 580]),
-                              ["trained on 580x420 images", "imgs_test.npy holds 116x84", "python data.py"]),
+    "model of other channels": (lambda work, tmp: small_model(work, channels=3),
+                                ["3 channel(s)", "imgs_test.npy"]),
+    "model of another size": (lambda work, tmp: small_model(work, original_size=[420, 580]), [
+        "trained on 580x420 images", "imgs_test.npy holds 116x84", "python data.py"
+    ]),
     "arrays from another run": (lambda work, tmp: np.save(work / "imgs_id_test.npy", np.arange(3)),
-                                ["imgs_id_test.npy disagree", "python data.py` again"]),
+                                ["imgs_id_test.npy disagree", "python data.py` again"])
 }
 
 
@@ -273,13 +303,14 @@ def test_predict_refuses(case, predict_work, tmp_path, monkeypatch):
     shutil.copytree(predict_work, work)
     spoil(work, tmp_path)
     refused_without_writing("predict.py", ["--workdir", work, "-q"], words, work)
-    assert not (tmp_path / "marker").exists()     # safe mode held: the model's code never ran
+    assert not (tmp_path / "marker").exists()  # safe mode held: the model's code never ran
 
 
 def test_the_dangerous_model_is_dangerous(tmp_path, monkeypatch):
     """The fixture above really runs code when loaded unsafely: the test of safe mode can fail."""
     monkeypatch.setenv("KIT_TEST_MARKER", str(tmp_path / "marker"))
     import keras
+
     (tmp_path / "work").mkdir()
     lambda_model(tmp_path / "work", tmp_path / "marker")
     keras.models.load_model(tmp_path / "work/model/fold0.keras", compile=False, safe_mode=False)
@@ -287,6 +318,7 @@ def test_the_dangerous_model_is_dangerous(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- submission.py
+
 
 @pytest.fixture(scope="module")
 def submission_work(demo, tmp_path_factory):
@@ -321,33 +353,40 @@ def sample_submission(work, text):
 SUBMISSION_CASES = {
     "no masks": (lambda work: (work / "imgs_mask_test.npy").unlink(), [],
                  ["imgs_mask_test.npy not found", "python predict.py"]),
-    "masks of another size": (lambda work: np.save(work / "imgs_mask_test.npy", np.zeros((40, 10, 10), np.uint8)), [],
-                              ["imgs_mask_test.npy (shape (40, 10, 10)", "does not match", "predict.py` again"]),
+    "masks of another size": (
+        lambda work: np.save(work / "imgs_mask_test.npy", np.zeros((40, 10, 10), np.uint8)), [],
+        ["imgs_mask_test.npy (shape (40, 10, 10)", "does not match", "predict.py` again"]),
     "masks fewer than ids": (lambda work: change_masks(work, lambda m: m[1:]), [],
                              ["does not match the test set", "predict.py` again"]),
     "masks not binary": (lambda work: change_masks(work, lambda m: m * 255), [],
                          ["as binary masks", "predict.py` again"]),
     "ids differ from the sample": (lambda work: sample_submission(work, "img,pixels\n1,\n2,\n"),
-                                   ["--raw", "{work}/raw"], ["differ from", "sample_submission.csv", "python data.py"]),
-    "unwritable output": (lambda work: (work / "file").write_text("x"), ["--output", "{work}/file/submission.csv"],
-                          ["file: File exists", "check the path"]),
-    "csv not found": (lambda work: None, ["--check", "{work}/nowhere.csv"], ["nowhere.csv not found", "--check"]),
+                                   ["--raw", "{work}/raw"
+                                    ], ["differ from", "sample_submission.csv", "python data.py"]),
+    "unwritable output": (lambda work: (work / "file").write_text("x"),
+                          ["--output",
+                           "{work}/file/submission.csv"], ["file: File exists", "check the path"]),
+    "csv not found": (lambda work: None, ["--check", "{work}/nowhere.csv"],
+                      ["nowhere.csv not found", "--check"]),
     "csv header": (lambda work: bad_csv(work, header="id,rle"), ["--check", "{work}/bad.csv"],
                    ["bad.csv: the first line must be 'img,pixels'"]),
-    "csv run outside the image": (lambda work: bad_csv(work, f"{first_id(work)},9741 5"), ["--check", "{work}/bad.csv"],
-                                  ["bad.csv:", "lies outside the 116x84 image"]),
-    "csv runs unsorted": (lambda work: bad_csv(work, f"{first_id(work)},50 2 10 2"), ["--check", "{work}/bad.csv"],
-                          ["bad.csv:", "sorted and separated"]),
-    "csv runs unpaired": (lambda work: bad_csv(work, f"{first_id(work)},50 2 10"), ["--check", "{work}/bad.csv"],
-                          ["bad.csv:", "start/length pairs"]),
-    "csv run of length 0": (lambda work: bad_csv(work, f"{first_id(work)},50 0"), ["--check", "{work}/bad.csv"],
-                            ["bad.csv:", "is empty"]),
+    "csv run outside the image": (lambda work: bad_csv(work, f"{first_id(work)},9741 5"),
+                                  ["--check",
+                                   "{work}/bad.csv"], ["bad.csv:",
+                                                       "lies outside the 116x84 image"]),
+    "csv runs unsorted": (lambda work: bad_csv(work, f"{first_id(work)},50 2 10 2"),
+                          ["--check", "{work}/bad.csv"], ["bad.csv:", "sorted and separated"]),
+    "csv runs unpaired": (lambda work: bad_csv(work, f"{first_id(work)},50 2 10"),
+                          ["--check", "{work}/bad.csv"], ["bad.csv:", "start/length pairs"]),
+    "csv run of length 0": (lambda work: bad_csv(work, f"{first_id(work)},50 0"),
+                            ["--check", "{work}/bad.csv"], ["bad.csv:", "is empty"]),
     "csv duplicate id": (lambda work: bad_csv(work, f"{first_id(work)},", f"{first_id(work)},1 2"),
                          ["--check", "{work}/bad.csv"], ["bad.csv:", "appears twice"]),
-    "csv missing ids": (lambda work: (work / "bad.csv").write_text("img,pixels\n1,\n"), ["--check", "{work}/bad.csv"],
-                        ["bad.csv: ids differ from the test set", "missing ["]),
+    "csv missing ids": (lambda work: (work / "bad.csv").write_text("img,pixels\n1,\n"),
+                        ["--check",
+                         "{work}/bad.csv"], ["bad.csv: ids differ from the test set", "missing ["]),
     "csv not text": (lambda work: (work / "bad.csv").write_bytes(b"img,pixels\n\xff\xfe\x00,1 2\n"),
-                     ["--check", "{work}/bad.csv"], ["bad.csv:2: expected '<id>,<runs>'"]),
+                     ["--check", "{work}/bad.csv"], ["bad.csv:2: expected '<id>,<runs>'"])
 }
 
 
@@ -357,7 +396,9 @@ def test_submission_refuses(case, submission_work, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(submission_work, work)
     spoil(work)
-    args = ["--workdir", work, "-q", "--raw", work / "no-raw", *[a.format(work=work) for a in extra]]
+    args = [
+        "--workdir", work, "-q", "--raw", work / "no-raw", *[a.format(work=work) for a in extra]
+    ]
     refused_without_writing("submission.py", args, words, work)
 
 
@@ -366,6 +407,7 @@ def test_submission_check_accepts_a_good_csv(submission_work, tmp_path):
     shutil.copytree(submission_work, work)
     shutil.copy(work / "submission.csv", work / "mine.csv")
     before = snapshot(work)
-    result = run_script("submission.py", "--workdir", work, "--raw", work / "no-raw", "--check", work / "mine.csv")
+    result = run_script("submission.py", "--workdir", work, "--raw", work / "no-raw", "--check",
+                        work / "mine.csv")
     assert f"in {work / 'mine.csv'}" in result.stdout
     assert snapshot(work) == before

@@ -6,13 +6,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import UserError
-from submission import read_submission, rle_decode, rle_encode, write_submission
+from kit.files import UserError
+from kit.rle import read_submission, rle_decode, rle_encode, write_submission
 
-SHAPE = (7, 9)   # 63 pixels: small enough that random runs often fit
+SHAPE = (7, 9)  # 63 pixels: small enough that random runs often fit
 numbers = st.lists(st.integers(0, 70), max_size=8).map(lambda ns: " ".join(map(str, ns)))
-increasing = (st.lists(st.integers(1, 12), max_size=8)
-              .map(lambda steps: " ".join(str(n) for n in np.cumsum(steps))))   # often valid runs
+increasing = st.lists(st.integers(1, 12), max_size=8).map(
+    lambda steps: " ".join(str(n) for n in np.cumsum(steps)))  # often valid runs
 huge = st.lists(st.integers(0, 2**70), max_size=4).map(lambda ns: " ".join(map(str, ns)))
 any_runs = st.one_of(st.text(), st.text(alphabet="0123456789 \t-+"), numbers, increasing, huge)
 
@@ -37,8 +37,8 @@ row = st.tuples(st.one_of(st.integers(0, 40).map(str), st.text(max_size=4)),
 csv_text = st.one_of(
     st.text(),
     st.lists(row, max_size=6).map(lambda rows: "img,pixels\n" + "\n".join(rows) + "\n"),
-    st.lists(row, max_size=6).map(lambda rows: "img,pixels\r\n" + "\r\n".join(rows)),
-).map(lambda text: text.encode("utf-8", "surrogatepass"))
+    st.lists(row, max_size=6).map(lambda rows: "img,pixels\r\n" + "\r\n".join(rows))).map(
+        lambda text: text.encode("utf-8", "surrogatepass"))
 csv_bytes = st.one_of(csv_text, st.binary(), st.binary().map(lambda b: b"img,pixels\n1," + b))
 
 

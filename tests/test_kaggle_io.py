@@ -20,14 +20,20 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # for kaggle_stub, whatever pytest's import mode
-from kaggle_stub import (FAKE_KEY, RPC_PREFIX, ROOT, STORAGE, UPLOAD, USER,  # noqa: E402
-                         clean_env)
+from kaggle_stub import (
+    FAKE_KEY,
+    RPC_PREFIX,
+    ROOT,
+    STORAGE,
+    UPLOAD,
+    USER,  # noqa: E402
+    clean_env)
 
 SLUG = "ultrasound-nerve-segmentation"
 
 SNIPPET = """
 import json, sys, time
-import common, kaggle_io
+from kit import files as common, kaggle_api as kaggle_io
 fn, args, kwargs, no_backoff = json.loads(sys.argv[1])
 if no_backoff:  # the client waits 2+4+8+16+32 s between download retries: skip the waiting
     time.sleep = lambda seconds: None
@@ -39,9 +45,12 @@ except common.UserError as e:
 
 
 def call(env, fn, *args, no_backoff=False, **kwargs):
-    """Run kaggle_io.<fn>(*args, **kwargs) in a fresh Python; return (value, error message, output)."""
-    proc = subprocess.run([sys.executable, "-c", SNIPPET, json.dumps([fn, args, kwargs, no_backoff])],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    """Run kaggle_io.<fn>(*args, **kwargs) in a fresh Python; return (value, error message,
+    output)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", SNIPPET,
+         json.dumps([fn, args, kwargs, no_backoff])], env=env, cwd=ROOT, capture_output=True,
+        text=True, timeout=60)
     output = proc.stdout + proc.stderr
     assert FAKE_KEY not in output  # nothing the kit or the client prints may show the key
     results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -68,6 +77,7 @@ def write_csv(tmp_path):
 
 # ---------------------------------------------------------------- download
 
+
 def test_download_is_byte_identical(env, stub, tmp_path):
     stub.zip_bytes = make_zip()
     raw = tmp_path / "raw"
@@ -91,7 +101,7 @@ def test_bad_download_leaves_no_zip(env, stub, tmp_path, how):
     if how == "corrupt":  # right size, a flipped byte inside a member: only the CRC check sees it
         stub.zip_bytes = good[:200] + bytes([good[200] ^ 0xFF]) + good[201:]
     elif how == "short":  # served cleanly, but only half of it
-        stub.zip_bytes = good[: len(good) // 2]
+        stub.zip_bytes = good[:len(good) // 2]
     else:  # Content-Length promises it all; the server hangs up halfway (every retry too)
         stub.zip_bytes, stub.truncate = good, True
     raw = tmp_path / "raw"
@@ -122,23 +132,33 @@ def test_download_keeps_an_existing_zip(env, stub, tmp_path):
 
 # ---------------------------------------------------------------- submit
 
+
 def test_submit_polls_until_scored(env, stub, tmp_path):
     csv = write_csv(tmp_path)
     stub.statuses = ["PENDING", "COMPLETE"]
     stub.public_score = "0.61234"
-    stub.history = [{"ref": 7, "date": "2024-01-01T00:00:00.000Z", "status": "COMPLETE", "publicScore": "0.1"}]
+    stub.history = [{
+        "ref": 7,
+        "date": "2024-01-01T00:00:00.000Z",
+        "status": "COMPLETE",
+        "publicScore": "0.1"
+    }]
     value, error, out = call(env, "submit", SLUG, str(csv), "unet v1", poll_every=0.01, quiet=True)
     assert error is None
     assert value == pytest.approx(0.61234)
     assert len(stub.calls("ListSubmissions")) == 2
-    (start,) = stub.calls("StartSubmissionUpload")
+    (start, ) = stub.calls("StartSubmissionUpload")
     assert start["competitionName"] == SLUG and start["fileName"] == "submission.csv"
     assert start["contentLength"] == csv.stat().st_size
     assert stub.uploads == {"blob-1": csv.read_bytes()}
-    (put,) = [r for r in stub.requests if r["method"] == "PUT"]
+    (put, ) = [r for r in stub.requests if r["method"] == "PUT"]
     assert put["url"] == f"{UPLOAD}/upload/blob-1"
-    (create,) = stub.calls("CreateSubmission")
-    assert create == {"competitionName": SLUG, "blobFileTokens": "blob-1", "submissionDescription": "unet v1"}
+    (create, ) = stub.calls("CreateSubmission")
+    assert create == {
+        "competitionName": SLUG,
+        "blobFileTokens": "blob-1",
+        "submissionDescription": "unet v1"
+    }
 
 
 def test_submit_upload_failure(env, stub, tmp_path):
@@ -151,15 +171,16 @@ def test_submit_upload_failure(env, stub, tmp_path):
 def test_submit_scoring_error(env, stub, tmp_path):
     stub.statuses = ["ERROR"]
     stub.error_description = "Submission must have 5508 rows\n(found 2)"
-    value, error, out = call(env, "submit", SLUG, str(write_csv(tmp_path)), "m", poll_every=0.01, quiet=True)
+    value, error, out = call(env, "submit", SLUG, str(write_csv(tmp_path)), "m", poll_every=0.01,
+                             quiet=True)
     assert "was submitted, but Kaggle could not score it" in error
     assert "5508 rows (found 2)" in error
 
 
 def test_submit_timeout(env, stub, tmp_path):
     stub.statuses = ["PENDING"]
-    value, error, out = call(env, "submit", SLUG, str(write_csv(tmp_path)), "m",
-                        timeout=0.2, poll_every=0.05, quiet=True)
+    value, error, out = call(env, "submit", SLUG, str(write_csv(tmp_path)), "m", timeout=0.2,
+                             poll_every=0.05, quiet=True)
     assert "had not scored it after 0.2 s" in error
     assert f"https://www.kaggle.com/competitions/{SLUG}/submissions" in error
 
@@ -170,22 +191,38 @@ def test_submit_missing_file(env, stub, tmp_path):
 
 
 def test_submissions_lists_newest_first(env, stub):
-    stub.history = [
-        {"ref": 2, "date": "2024-02-01T10:30:00.000Z", "description": "second", "status": "COMPLETE",
-         "publicScore": "0.70", "privateScore": "0.68"},
-        {"ref": 1, "date": "2024-01-01T09:00:00.000Z", "description": "first", "status": "ERROR"},
-    ]
+    stub.history = [{
+        "ref": 2,
+        "date": "2024-02-01T10:30:00.000Z",
+        "description": "second",
+        "status": "COMPLETE",
+        "publicScore": "0.70",
+        "privateScore": "0.68"
+    }, {
+        "ref": 1,
+        "date": "2024-01-01T09:00:00.000Z",
+        "description": "first",
+        "status": "ERROR"
+    }]
     value, error, out = call(env, "submissions", SLUG)
     assert error is None
-    assert value == [
-        {"date": "2024-02-01 10:30", "description": "second", "status": "complete",
-         "public_score": 0.70, "private_score": 0.68},
-        {"date": "2024-01-01 09:00", "description": "first", "status": "error",
-         "public_score": None, "private_score": None},
-    ]
+    assert value == [{
+        "date": "2024-02-01 10:30",
+        "description": "second",
+        "status": "complete",
+        "public_score": 0.70,
+        "private_score": 0.68
+    }, {
+        "date": "2024-01-01 09:00",
+        "description": "first",
+        "status": "error",
+        "public_score": None,
+        "private_score": None
+    }]
 
 
 # ---------------------------------------------------------------- errors
+
 
 def test_bad_credentials(env, stub, tmp_path):
     stub.fail["DownloadDataFiles"] = 401
@@ -231,7 +268,7 @@ def test_access_token(tmp_path, stub):
     stub.tokens = {FAKE_KEY: USER}
     value, error, out = call(env, "submissions", SLUG)
     assert error is None and value == []
-    (listing,) = [r for r in stub.requests if r["url"].endswith("/ListSubmissions")]
+    (listing, ) = [r for r in stub.requests if r["url"].endswith("/ListSubmissions")]
     assert listing["headers"]["Authorization"] == f"Bearer {FAKE_KEY}"
 
 

@@ -9,11 +9,16 @@ import numpy as np
 import pytest
 
 from conftest import run_script, shared
-from submission import read_submission
+from kit.rle import read_submission
 
 sys.path.insert(0, str(Path(__file__).parent))  # for kaggle_stub, whatever pytest's import mode
-from kaggle_stub import (FAKE_KEY, clean_env, competition_zip, tiny_competition,  # noqa: E402
-                         user_env, zip_bytes)
+from kaggle_stub import (
+    FAKE_KEY,
+    clean_env,
+    competition_zip,
+    tiny_competition,  # noqa: E402
+    user_env,
+    zip_bytes)
 
 SLUG = "ultrasound-nerve-segmentation"
 
@@ -47,6 +52,7 @@ def write_predictions(work, ids=(1, 2, 3), h=20, w=28):
 
 # ---------------------------------------------------------------- download
 
+
 @pytest.mark.parametrize("nested", [False, True], ids=["folders", "nested-zips"])
 def test_download_extracts_and_converts(env, stub, tmp_path, nested):
     files = tiny_competition()
@@ -57,7 +63,8 @@ def test_download_extracts_and_converts(env, stub, tmp_path, nested):
     assert (raw / f"{SLUG}.zip").read_bytes() == stub.zip_bytes
     assert (raw / "test" / "2.tif").read_bytes() == files["test/2.tif"]
     assert (raw / "sample_submission.csv").read_bytes() == files["sample_submission.csv"]
-    assert not list(raw.glob("*/*.zip")) and not list(raw.glob(".*"))  # no nested zip or scratch left
+    assert not list(raw.glob("*/*.zip")) and not list(
+        raw.glob(".*"))  # no nested zip or scratch left
     assert np.load(work / "imgs_train.npy").shape == (6, 20, 28)
     assert np.load(work / "imgs_id_test.npy").tolist() == [1, 2, 3]
 
@@ -66,13 +73,15 @@ def test_download_extracts_and_converts(env, stub, tmp_path, nested):
     assert len(stub.requests) == seen  # everything in place: no request at all
 
 
-@pytest.mark.parametrize("member", ["../escaped.txt", "{tmp}/escaped.txt", "train/../../escaped.txt"])
+@pytest.mark.parametrize("member",
+                         ["../escaped.txt", "{tmp}/escaped.txt", "train/../../escaped.txt"])
 def test_download_with_a_path_traversal_member_is_refused(env, stub, tmp_path, member):
     files = tiny_competition()
     files[member.format(tmp=tmp_path)] = b"gotcha"  # each would land in tmp_path, beside raw/
     stub.zip_bytes = zip_bytes(files)
     raw, work, dirs = folders(tmp_path)
-    check_error(run_script("data.py", "--download", *dirs, check=False, env=env), "outside", "refusing")
+    check_error(run_script("data.py", "--download", *dirs, check=False, env=env), "outside",
+                "refusing")
     assert not (tmp_path / "escaped.txt").exists()
     assert sorted(p.name for p in raw.iterdir()) == [f"{SLUG}.zip"]  # nothing extracted, no scratch
     assert not work.exists()
@@ -82,33 +91,45 @@ def test_download_with_a_path_traversal_member_is_refused(env, stub, tmp_path, m
 def test_bad_download_leaves_raw_empty(env, stub, tmp_path, how):
     good = competition_zip(tiny_competition(), nested=False)
     middle = len(good) // 3
-    stub.zip_bytes = good[:middle] + bytes([good[middle] ^ 0xFF]) + good[middle + 1:] if how == "corrupt" \
-        else good[: len(good) // 2]
+    stub.zip_bytes = (good[:middle] + bytes([good[middle] ^ 0xFF]) +
+                      good[middle + 1:] if how == "corrupt" else good[:len(good) // 2])
     raw, work, dirs = folders(tmp_path)
-    check_error(run_script("data.py", "--download", *dirs, check=False, env=env), "corrupt or truncated")
+    check_error(run_script("data.py", "--download", *dirs, check=False, env=env),
+                "corrupt or truncated")
     assert list(raw.iterdir()) == []
 
 
 # ---------------------------------------------------------------- submit and scores
 
+
 def test_submission_is_validated_before_upload(env, stub, tmp_path):
     raw, work, dirs = folders(tmp_path)
     write_predictions(work, ids=(1, 2, 3))
     raw.mkdir()
-    (raw / "sample_submission.csv").write_text("img,pixels\n1,\n2,\n3,\n4,\n")  # id 4 was never predicted
-    check_error(run_script("submission.py", *dirs, "--submit", check=False, env=env), "sample_submission.csv")
+    (raw / "sample_submission.csv").write_text(
+        "img,pixels\n1,\n2,\n3,\n4,\n")  # id 4 was never predicted
+    check_error(run_script("submission.py", *dirs, "--submit", check=False, env=env),
+                "sample_submission.csv")
     assert stub.requests == []
 
 
 def test_scores_lists_recent_submissions(env, stub, tmp_path):
-    stub.history = [
-        {"ref": 2, "date": "2024-02-01T10:30:00.000Z", "description": "second", "status": "COMPLETE",
-         "publicScore": "0.0"},
-        {"ref": 1, "date": "2024-01-01T09:00:00.000Z", "description": "first", "status": "ERROR"},
-    ]
+    stub.history = [{
+        "ref": 2,
+        "date": "2024-02-01T10:30:00.000Z",
+        "description": "second",
+        "status": "COMPLETE",
+        "publicScore": "0.0"
+    }, {
+        "ref": 1,
+        "date": "2024-01-01T09:00:00.000Z",
+        "description": "first",
+        "status": "ERROR"
+    }]
     lines = run_script("submission.py", "--scores", env=env).stdout.splitlines()
-    assert [line.split() for line in lines] == [["2024-02-01", "10:30", "complete", "0.0", "second"],
-                                                ["2024-01-01", "09:00", "error", "first"]]
+    assert [line.split()
+            for line in lines] == [["2024-02-01", "10:30", "complete", "0.0", "second"],
+                                   ["2024-01-01", "09:00", "error", "first"]]
 
 
 def dead_proxy():
@@ -126,11 +147,12 @@ def test_errors_are_one_line(stub, tmp_path, case):
     download = ("data.py", "--download", *dirs)
     submit = ("submission.py", *dirs, "--submit", "-m", "m")
     if case == "no credentials":
-        check_error(run_script(*download, check=False, env=env), "no Kaggle credentials", "kaggle.json",
-                    "KAGGLE_USERNAME")
+        check_error(run_script(*download, check=False, env=env), "no Kaggle credentials",
+                    "kaggle.json", "KAGGLE_USERNAME")
     elif case == "401":
         stub.fail["DownloadDataFiles"] = 401
-        check_error(run_script(*download, check=False, env=env), "HTTP 401", "https://www.kaggle.com/settings")
+        check_error(run_script(*download, check=False, env=env), "HTTP 401",
+                    "https://www.kaggle.com/settings")
     elif case == "403":
         stub.fail["StartSubmissionUpload"] = 403
         check_error(run_script(*submit, check=False, env=env), "HTTP 403",
@@ -146,13 +168,18 @@ def test_errors_are_one_line(stub, tmp_path, case):
 
 # ---------------------------------------------------------------- the whole loop, on real samples
 
+
 def test_download_train_predict_submit(env, stub, tmp_path):
-    """Done when: download, the pipeline, submit; the server holds the very file and its score is printed."""
+    """Done when: download, the pipeline, submit; the server holds the very file and its score is
+    printed."""
     sample = shared("nerve-kaggle-sample")
-    files = {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(sample.glob("*/*.tif"))
-             if p.name != "2_20_mask.tif"}  # a mask without its image, as found in the wild
+    files = {
+        f"{p.parent.name}/{p.name}": p.read_bytes()
+        for p in sorted(sample.glob("*/*.tif")) if p.name != "2_20_mask.tif"
+    }  # a mask without its image, as found in the wild
     test_ids = sorted(int(p.stem) for p in (sample / "test").glob("*.tif"))
-    files["sample_submission.csv"] = "".join(["img,pixels\n"] + [f"{i},\n" for i in test_ids]).encode()
+    files["sample_submission.csv"] = "".join(["img,pixels\n"] + [f"{i},\n"
+                                                                 for i in test_ids]).encode()
     stub.zip_bytes = competition_zip(files, nested=True)
     stub.public_score = "0.55123"
     raw, work, dirs = folders(tmp_path)
@@ -163,10 +190,10 @@ def test_download_train_predict_submit(env, stub, tmp_path):
     run_script("predict.py", *dirs, "-q", env=env)
     result = run_script("submission.py", *dirs, "--submit", "-m", "test", env=env)
 
-    (uploaded,) = stub.uploads.values()
+    (uploaded, ) = stub.uploads.values()
     assert uploaded == (work / "submission.csv").read_bytes()
     assert len(read_submission(work / "submission.csv", (420, 580), test_ids)) == 24
-    (create,) = stub.calls("CreateSubmission")
+    (create, ) = stub.calls("CreateSubmission")
     assert create["submissionDescription"] == "test"
     assert result.stdout.splitlines()[-1] == f"public score: {float(stub.public_score)}"
 

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-import model as unet
+from kit import augment, model as unet
 
 
-@pytest.mark.parametrize("size, depth", [((32, 48), 4), ((64, 64), 4), ((96, 128), 5), ((16, 16), 2)])
+@pytest.mark.parametrize("size, depth", [((32, 48), 4), ((64, 64), 4), ((96, 128), 5),
+                                         ((16, 16), 2)])
 def test_output_matches_input_size(size, depth):
     net = unet.build_unet(size, width=4, depth=depth)
     x = np.random.default_rng(0).uniform(0, 255, (2, *size, 1)).astype("float32")
@@ -17,6 +18,7 @@ def test_output_matches_input_size(size, depth):
 
 def test_normalisation_statistics_travel_with_the_model(tmp_path):
     import keras
+
     net = unet.build_unet((16, 16), width=4, depth=2, mean=100.0, std=20.0)
     net.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
@@ -25,9 +27,9 @@ def test_normalisation_statistics_travel_with_the_model(tmp_path):
     assert np.allclose(np.asarray(norm(x)), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(unet.LOSSES))
+@pytest.mark.parametrize("name", sorted(unet.BINARY_LOSSES))
 def test_losses_are_lowest_for_a_perfect_prediction(name):
-    loss = unet.LOSSES[name]
+    loss = unet.BINARY_LOSSES[name]
     truth = np.zeros((2, 8, 8, 1), "float32")
     truth[0, 2:5, 2:6] = 1
     perfect = float(loss(truth, np.clip(truth, 1e-4, 1 - 1e-4)))
@@ -38,6 +40,7 @@ def test_losses_are_lowest_for_a_perfect_prediction(name):
 
 def test_a_few_steps_learn_a_bright_square():
     import keras
+
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 100, (32, 32, 32, 1)).astype("float32")
     y = np.zeros_like(x)
@@ -57,27 +60,30 @@ def test_a_few_steps_learn_a_bright_square():
 
 def test_augmentation_moves_image_and_mask_together():
     import tensorflow as tf
+
     x = np.zeros((4, 32, 32, 1), "float32")
     x[:, 8:16, 4:12] = 200.0
     y = (x > 0).astype("float32")
-    augment = unet.make_augmenter(seed=3)
-    images, masks = augment(tf.constant(1), tf.constant(x), tf.constant(y))
+    augmenter = augment.make_augmenter(seed=3)
+    images, masks = augmenter(tf.constant(1), tf.constant(x), tf.constant(y))
     images, masks = np.asarray(images), np.asarray(masks)
-    assert set(np.unique(masks)) <= {0.0, 1.0}                     # masks stay binary
-    assert not np.array_equal(masks, y)                            # something moved
+    assert set(np.unique(masks)) <= {0.0, 1.0}  # masks stay binary
+    assert not np.array_equal(masks, y)  # something moved
     for image, mask in zip(images, masks):
         inside, outside = image[mask > 0].mean(), image[mask == 0].mean()
-        assert inside > outside + 100                              # the square and its mask moved together
+        assert inside > outside + 100  # the square and its mask moved together
 
 
 def test_elastic_warp_moves_image_and_mask_together_and_repeats_for_a_seed():
     import tensorflow as tf
+
     x = np.zeros((4, 48, 64, 1), "float32")
     x[:, 16:32, 20:44] = 200.0
     y = (x > 0).astype("float32")
     seed = tf.constant([5, 9], tf.int64)
-    images, masks = (np.asarray(a) for a in unet.elastic(tf.constant(x), tf.constant(y), seed, strength=0.05))
-    again, _ = unet.elastic(tf.constant(x), tf.constant(y), seed, strength=0.05)
-    assert np.array_equal(images, np.asarray(again))                 # stateless: same seed, same warp
+    images, masks = (np.asarray(a)
+                     for a in augment.elastic(tf.constant(x), tf.constant(y), seed, strength=0.05))
+    again, _ = augment.elastic(tf.constant(x), tf.constant(y), seed, strength=0.05)
+    assert np.array_equal(images, np.asarray(again))  # stateless: same seed, same warp
     assert set(np.unique(masks)) <= {0.0, 1.0} and not np.array_equal(masks, y)
-    assert ((images > 100) == (masks > 0.5)).mean() > 0.995          # the square and its mask warp as one
+    assert ((images > 100) == (masks > 0.5)).mean() > 0.995  # the square and its mask warp as one

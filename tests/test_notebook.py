@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_script
-from submission import read_submission, rle_decode
+from kit.rle import read_submission, rle_decode
 
 sys.path.insert(0, str(Path(__file__).parent))  # for kaggle_stub, whatever pytest's import mode
 from kaggle_stub import USER, competition_zip, tiny_competition, user_env  # noqa: E402
@@ -45,13 +45,17 @@ def write_tree(folder, files):
 
 def snapshot(folder):
     """Every path under folder with its size and modification time: any write shows."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+    }
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_data_reads_the_input_in_place(notebook, stub, layout):
     env, input_dir, working = notebook
-    write_tree(input_dir / "some-other-dataset", {"train.csv": b"a,b\n"})  # attached data to look past
+    write_tree(input_dir / "some-other-dataset",
+               {"train.csv": b"a,b\n"})  # attached data to look past
     write_tree(input_dir / layout, tiny_competition())
     before = snapshot(input_dir)
     result = run_script("data.py", "--download", env=env)
@@ -73,7 +77,8 @@ def test_zipped_input_is_extracted_into_working(notebook, stub):
     before = snapshot(input_dir)
     for _ in range(2):  # the second run finds the extracted files
         run_script("data.py", "-q", env=env)
-    assert sorted(p.name for p in (working / "raw" / "test").iterdir()) == ["1.tif", "2.tif", "3.tif"]
+    assert sorted(p.name
+                  for p in (working / "raw" / "test").iterdir()) == ["1.tif", "2.tif", "3.tif"]
     assert np.load(working / "imgs_train.npy").shape == (6, 20, 28)
     assert snapshot(input_dir) == before and stub.requests == []
 
@@ -104,20 +109,22 @@ def test_submission_stays_offline(notebook, stub):
 
 # ---------------------------------------------------------------- the kernel
 
+
 def test_bundled_kernel_runs_the_four_steps(notebook, stub, tmp_path):
     env, input_dir, working = notebook
     competition = input_dir / "competitions" / SLUG
-    run_script("data.py", "--demo", "--demo-size", 42, 58, "--demo-subjects", 3, "--raw", competition,
-               "--workdir", tmp_path / "scratch", "-q")
+    run_script("data.py", "--demo", "--demo-size", 42, 58, "--demo-subjects", 3, "--raw",
+               competition, "--workdir", tmp_path / "scratch", "-q")
     build = tmp_path / "build"
-    subprocess.run([sys.executable, ROOT / "kernel" / "bundle.py", build, "--user", USER], check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, ROOT / "kernel" / "bundle.py", build, "--user", USER],
+                   check=True, capture_output=True)
     before = snapshot(input_dir)
 
     env = {k: v for k, v in env.items() if k != "PYTHONPATH"}  # the kernel brings its own kit
     (tmp_path / "tmp").mkdir()
-    env.update(KAGGLE_KERNEL_RUN_TYPE="Batch", TMPDIR=str(tmp_path / "tmp"),
-               KIT_TRAIN_ARGS="--epochs 1 --image-size 32 48 --width 4 --depth 2 --folds 2 --batch-size 8")
+    env.update(
+        KAGGLE_KERNEL_RUN_TYPE="Batch", TMPDIR=str(tmp_path / "tmp"),
+        KIT_TRAIN_ARGS="--epochs 1 --image-size 32 48 --width 4 --depth 2 --folds 2 --batch-size 8")
     result = subprocess.run([sys.executable, build / "kernel.py"], cwd=working, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -138,14 +145,15 @@ def test_make_kaggle_push(tmp_path, stub):
     env = user_env(tmp_path, stub.url)  # the owner comes from these credentials
     build = tmp_path / "build"
     kaggle = f"{sys.executable} -m kaggle"
-    result = subprocess.run(["make", "-s", "-o", ".venv/.installed", "kaggle-push", f"PY={sys.executable}",
-                             f"KAGGLE={kaggle}", f"KERNEL={build}"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([
+        "make", "-s", "-o", ".venv/.installed", "kaggle-push", f"PY={sys.executable}",
+        f"KAGGLE={kaggle}", f"KERNEL={build}"
+    ], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    (pushed,) = stub.kernels
+    (pushed, ) = stub.kernels
     assert pushed["slug"] == f"{USER}/unet-starter-kit"
     assert pushed["text"] == (build / "kernel.py").read_text()
     assert pushed["competitionDataSources"] == [SLUG]
     assert pushed["enableGpu"] is True and pushed.get("enableInternet", False) is False
     assert (pushed["language"], pushed["kernelType"]) == ("python", "script")
-    assert 'KIT = ""' not in pushed["text"] and "\nKIT = \"" in pushed["text"]
+    assert 'KIT = ""' not in pushed["text"] and '\nKIT = "' in pushed["text"]

@@ -15,8 +15,9 @@ import pytest
 
 from conftest import run_script
 
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-FOLD_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44)]   # matplotlib's C0, C1, C2 (RGB)
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))),
+                None)
+FOLD_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44)]  # matplotlib's C0, C1, C2 (RGB)
 
 
 def colour_fraction(rgb, colour, tolerance=40):
@@ -34,48 +35,57 @@ def read_rgb(path_or_bytes):
 
 # ---------------------------------------------------------------- train.py's records
 
+
 def test_training_keeps_its_curves_and_what_the_threshold_was_picked_from(trained_demo):
     raw, work, _ = trained_demo
     model_dir = work / "model"
     config = json.loads((model_dir / "config.json").read_text())
     for fold in range(3):
         history = pd.read_csv(model_dir / f"history_fold{fold}.csv")
-        assert len(history) == 2 and {"loss", "val_loss", "dice", "val_dice", "learning_rate"} <= set(history)
+        assert len(history) == 2 and {"loss", "val_loss", "dice", "val_dice", "learning_rate"
+                                      } <= set(history)
     curves = read_rgb(model_dir / "curves.png")
-    for colour in FOLD_COLOURS:                                   # every fold of the run is drawn
+    for colour in FOLD_COLOURS:  # every fold of the run is drawn
         assert colour_fraction(curves, colour) > 0.001
 
     tuning = pd.read_csv(model_dir / "tuning.csv")
     assert set(tuning["threshold"].round(2)) == {round(t, 2) for t in np.arange(0.2, 0.91, 0.05)}
-    best = tuning.iloc[int(tuning["dice"].to_numpy().argmax())]   # the first best, as tuning picks it
-    assert np.isclose(best["threshold"], config["threshold"]) and best["min_area"] == config["min_area"]
+    best = tuning.iloc[int(
+        tuning["dice"].to_numpy().argmax())]  # the first best, as tuning picks it
+    assert (np.isclose(best["threshold"], config["threshold"]) and
+            best["min_area"] == config["min_area"])
 
 
 def test_curves_are_redrawn_after_every_epoch(tmp_path):
-    import common
-    common.import_tensorflow()
+    from kit import callbacks
     import keras
-    import train
+
     history, png = tmp_path / "history.csv", tmp_path / "curves.png"
     seen = []
 
     class Look(keras.callbacks.Callback):
+
         def on_epoch_end(self, epoch, logs=None):
             seen.append(png.read_bytes())
 
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model = keras.Sequential([keras.Input((3, )), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
     x = np.random.default_rng(0).normal(size=(16, 3))
-    model.fit(x, x[:, :1], epochs=3, verbose=0,
-              callbacks=[keras.callbacks.CSVLogger(history), train.PlotCurves(history, png), Look()])
+    model.fit(
+        x, x[:, :1], epochs=3, verbose=0,
+        callbacks=[keras.callbacks.CSVLogger(history),
+                   callbacks.PlotCurves(history, png),
+                   Look()])
     assert len(seen) == 3 and len(set(seen)) == 3
     assert read_rgb(seen[-1]).shape == (320, 1100, 3)
 
 
 def test_tensorboard_logs_behind_a_flag(demo, tmp_path):
     raw, work = demo
-    args = ["--raw", raw, "--workdir", tmp_path, "--image-size", 32, 48, "--width", 4, "--depth", 2,
-            "--folds", 3, "--epochs", 1, "--batch-size", 8, "--no-tune", "--tensorboard", "-q"]
+    args = [
+        "--raw", raw, "--workdir", tmp_path, "--image-size", 32, 48, "--width", 4, "--depth", 2,
+        "--folds", 3, "--epochs", 1, "--batch-size", 8, "--no-tune", "--tensorboard", "-q"
+    ]
     for name in ("imgs_train", "imgs_mask_train", "imgs_subject_train"):
         shutil.copy(work / f"{name}.npy", tmp_path)
     result = run_script("train.py", *args, check=False)
@@ -88,59 +98,71 @@ def test_tensorboard_logs_behind_a_flag(demo, tmp_path):
 
 # ---------------------------------------------------------------- the model summary
 
+
 def measured_receptive_field(depth):
     """The widest input window that reaches one output pixel, measured: with all-ones kernels and no
-    biases every layer is monotone, so a lit input pixel reaches an output pixel iff it is in its field.
+    biases every layer is monotone, so a lit input pixel reaches an output pixel iff it is in its
+    field.
     Measured along the middle row, for output pixels of every position modulo 2^depth."""
     import keras
-    import model as unet
-    h, w = 2 ** (depth + 1), 16 * 2 ** depth                     # wider than the field; rows just enough
+    from kit import model as unet
+
+    h, w = 2**(depth + 1), 16 * 2**depth  # wider than the field; rows just enough
     net = unet.build_unet((h, w), width=2, depth=depth, dropout=0, batchnorm=False)
     for layer in net.layers:
         if hasattr(layer, "kernel"):
             layer.kernel.assign(np.ones(layer.kernel.shape))
             layer.bias.assign(np.zeros(layer.bias.shape))
-    features = keras.Model(net.inputs, net.layers[-1].input)      # before the sigmoid saturates
+    features = keras.Model(net.inputs, net.layers[-1].input)  # before the sigmoid saturates
     lit = np.zeros((w, h, w, 1), np.float32)
-    lit[np.arange(w), h // 2, np.arange(w)] = 1                   # image c: pixel (middle row, column c)
-    reached = np.asarray(features.predict_on_batch(lit))[:, h // 2].sum(-1) > 0   # (input column, output column)
-    return max(int(reached[:, w // 2 + k].sum()) for k in range(2 ** depth))
+    lit[np.arange(w), h // 2, np.arange(w)] = 1  # image c: pixel (middle row, column c)
+    reached = (np.asarray(features.predict_on_batch(lit))[:, h // 2].sum(-1)
+               > 0)  # (input column, output column)
+    return max(int(reached[:, w // 2 + k].sum()) for k in range(2**depth))
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 def test_receptive_field_is_what_the_network_sees(depth):
-    import common
-    common.import_tensorflow()
-    import train
-    assert train.receptive_field(depth) == measured_receptive_field(depth)
+    from kit import model as unet
+
+    assert unet.receptive_field(depth) == measured_receptive_field(depth)
 
 
 def test_summary_prints_the_model_its_parameters_and_receptive_field(demo):
-    import model as unet
+    from kit import model as unet
+
     raw, work = demo
-    result = run_script("train.py", "--summary", "--raw", raw, "--workdir", work, "--image-size", 32, 48,
-                        "--width", 4, "--depth", 2)
+    result = run_script("train.py", "--summary", "--raw", raw, "--workdir", work, "--image-size",
+                        32, 48, "--width", 4, "--depth", 2)
     params = unet.build_unet((32, 48), width=4, depth=2).count_params()
     assert f"{params:,} parameters" in result.stdout and "receptive field 44x44" in result.stdout
-    assert "conv2d" in result.stdout.lower() and "Epoch" not in result.stdout   # the layers, and no training
+    assert ("conv2d" in result.stdout.lower() and
+            "Epoch" not in result.stdout)  # the layers, and no training
 
 
 # ---------------------------------------------------------------- the report
 
+
 def embedded_images(page):
-    return {alt: base64.b64decode(data)
-            for alt, data in re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)">', page)}
+    return {
+        alt: base64.b64decode(data)
+        for alt, data in re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)">',
+                                    page)
+    }
 
 
 def test_the_report_is_one_self_contained_page(trained_demo):
     raw, work, _ = trained_demo
     page = (work / "report.html").read_text()
     config = json.loads((work / "model" / "config.json").read_text())
-    assert f"validation Dice {config['validation_dice']:.4f}" in page
-    assert "<script" not in page and not re.search(r'(src|href)="(?!data:)', page)   # nothing to fetch
+    assert f"validation Dice {config['validation_dice_untuned']:.4f}" in page  # untuned first
+    assert f"tuned {config['validation_dice']:.4f}" in page
+    assert "<script" not in page and not re.search(r'(src|href)="(?!data:)',
+                                                   page)  # nothing to fetch
     images = embedded_images(page)
     assert page.count("<img") == len(images) == 5
-    assert {"training curves", "validation Dice distribution", "threshold and minimum area"} <= set(images)
+    assert {"training curves", "validation Dice distribution",
+            "threshold and minimum area"} <= set(images)
     for data in images.values():
         assert read_rgb(data).std() > 10
 
@@ -149,11 +171,13 @@ def test_the_report_is_one_self_contained_page(trained_demo):
 def test_the_report_renders_in_a_browser_with_its_curves_and_image_grids(trained_demo, tmp_path):
     raw, work, _ = trained_demo
     report, shot = work / "report.html", tmp_path / "report.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", "--force-device-scale-factor=1",
-                    "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1200,6000", report.as_uri()],
-                   capture_output=True, timeout=120, check=True)
+    subprocess.run([
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}", "--force-device-scale-factor=1",
+        "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1200,6000",
+        report.as_uri()
+    ], capture_output=True, timeout=120, check=True)
     screen = cv2.cvtColor(read_rgb(shot), cv2.COLOR_RGB2GRAY)
     images = embedded_images(report.read_text())
     grids = [alt for alt in images if "validation frames" in alt]
@@ -166,7 +190,52 @@ def test_the_report_renders_in_a_browser_with_its_curves_and_image_grids(trained
         assert score > 0.99, f"{alt} is not on the rendered page (best match {score:.3f})"
         found[alt] = screen[y:y + picture.shape[0], x:x + picture.shape[1]]
         places.add((x, y))
-    assert len(places) == 3                                           # three pictures, three places
-    assert (found["training curves"] < 200).mean() > 0.01            # lines and text, not a blank box
-    for alt in grids:                                                 # ultrasound frames: many gray levels
+    assert len(places) == 3  # three pictures, three places
+    assert (found["training curves"] < 200).mean() > 0.01  # lines and text, not a blank box
+    for alt in grids:  # ultrasound frames: many gray levels
         assert len(np.unique(found[alt])) > 100
+
+
+def test_the_star_marks_the_epoch_kept_not_one_cut_short():
+    """An epoch cut short by the time limit is logged with its (better) score but never kept."""
+    from kit import figures
+
+    history = pd.DataFrame({
+        "epoch": [0, 1, 2],
+        "val_dice": [0.2, 0.5, 0.9],
+        "complete": [1.0, 1.0, 0.0]
+    })
+    assert figures.kept_epoch(history) == 1
+    assert (figures.kept_epoch(history.drop(columns="complete")) == 2
+            )  # older logs: every epoch counts
+
+
+def test_an_epoch_cut_short_is_logged_incomplete_and_not_kept(tmp_path):
+    """As the time limit does: stop in the middle of the third epoch."""
+    import keras
+    from kit import callbacks, figures
+
+    class CutShort(keras.callbacks.Callback):
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.model.stop_training = self.model.stop_training or (self.epoch == 2 and batch == 1)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+    model = keras.Sequential([keras.Input((3, )), keras.layers.Dense(1)])
+    model.compile("sgd", "mse", metrics=["mae"])
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    history = tmp_path / "history.csv"
+    state = callbacks.TrainingState(tmp_path / "backup", {}, patience=10, monitor="val_mae")
+    model.fit(
+        x, x[:, :1], batch_size=4, epochs=5, validation_data=(x, x[:, :1]), verbose=0, callbacks=[
+            callbacks.MarkCompleteEpochs(8),
+            CutShort(),
+            keras.callbacks.CSVLogger(history), state
+        ])
+    logged = pd.read_csv(history)
+    assert logged["complete"].tolist() == [1.0, 1.0, 0.0]  # the third epoch is logged, cut short
+    assert state.state["epoch"] == 2  # and never becomes a state to keep
+    logged["val_dice"] = [0.1, 0.2, 0.9]
+    assert figures.kept_epoch(logged) == 1

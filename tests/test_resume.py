@@ -14,7 +14,10 @@ import pytest
 
 from conftest import ROOT, run_script
 
-TINY = ["--image-size", 32, 48, "--width", 4, "--depth", 2, "--folds", 3, "--epochs", 6, "--batch-size", 8, "-q"]
+TINY = [
+    "--image-size", 32, 48, "--width", 4, "--depth", 2, "--folds", 3, "--epochs", 6, "--batch-size",
+    8, "-q"
+]
 
 
 def train_args(work, *extra):
@@ -30,12 +33,14 @@ def interrupt(work, sig, after_rows, *extra):
     """Start train.py, send `sig` once the history holds `after_rows` epochs; its result."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("KAGGLE_KERNEL_RUN_TYPE", None)
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *train_args(work, *extra)], cwd=ROOT,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *train_args(work, *extra)], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while process.poll() is None and history_rows(work) < after_rows and time.time() < deadline:
         time.sleep(0.005)
-    assert process.poll() is None, "train.py ended before it could be interrupted:\n" + process.communicate()[1]
+    assert process.poll() is None, ("train.py ended before it could be interrupted:\n" +
+                                    process.communicate()[1])
     process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=300)
     return process.returncode, stdout, stderr
@@ -50,6 +55,7 @@ def copy_arrays(source, work):
 
 def weights(work):
     import keras
+
     model = keras.models.load_model(work / "model/fold0.keras", compile=False)
     return [np.asarray(w, np.float64) for w in model.weights]
 
@@ -84,22 +90,25 @@ def test_killed_and_stopped_runs_resume_to_the_uninterrupted_result(uninterrupte
     # Resumed, then SIGTERM: the current step ends, the complete epochs stay saved, one clear word.
     code, stdout, stderr = interrupt(work, signal.SIGTERM, 4, "--resume")
     assert code == 130 and "Traceback" not in stderr
-    assert "SIGTERM" in stdout and "--resume to continue" in stdout and stderr.strip() == "interrupted"
+    assert ("SIGTERM" in stdout and "--resume to continue" in stdout and
+            stderr.strip() == "interrupted")
     assert json.loads((backup / "state.json").read_text())["epoch"] >= 3
     assert not (work / "model/config.json").exists()
 
     result = run_script("train.py", *[a for a in train_args(work, "--resume") if a != "-q"])
     assert "resuming after epoch" in result.stdout and "Traceback" not in result.stderr
-    assert not backup.exists()                                      # the run is complete: nothing to resume
+    assert not backup.exists()  # the run is complete: nothing to resume
 
-    # Same seed, same data order and augmentation by (seed, epoch, step), same RNG and optimizer state:
+    # Same seed, same data order and augmentation by (seed, epoch, step), same RNG and optimizer
+    # state:
     # on one CPU the same operations give the same bits, so the tolerance is only for a last-bit
     # difference should a kernel sum in another order (the weights are of order 1).
     for resumed, straight in zip(weights(work), weights(uninterrupted)):
         assert np.allclose(resumed, straight, rtol=0, atol=1e-5)
     history = (work / "model/history_fold0.csv").read_text().splitlines()
     assert history == (uninterrupted / "model/history_fold0.csv").read_text().splitlines()
-    config, expected = (json.loads((w / "model/config.json").read_text()) for w in (work, uninterrupted))
+    config, expected = (json.loads((w / "model/config.json").read_text())
+                        for w in (work, uninterrupted))
     assert config["validation_dice"] == pytest.approx(expected["validation_dice"], abs=1e-6)
 
 
@@ -111,4 +120,5 @@ def test_time_limit_ends_the_run_cleanly(demo, tmp_path):
     assert json.loads((work / "model/config.json").read_text())["folds"] == ["fold0.keras"]
     assert 1 <= history_rows(work) < 200
     assert not (work / "model/backup_fold0").exists()
-    assert not [p.name for p in (work / "model").iterdir() if p.name.startswith(".")]   # no temporaries left
+    assert not [p.name for p in (work / "model").iterdir() if p.name.startswith(".")
+                ]  # no temporaries left

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from submission import read_submission, rle_decode, rle_encode, write_submission
+from kit.rle import read_submission, rle_decode, rle_encode, write_submission
 
 
 def reference_encode(mask):
@@ -27,14 +27,16 @@ def reference_encode(mask):
     return " ".join(map(str, runs))
 
 
-@pytest.mark.parametrize("mask, expected", [
-    (np.zeros((3, 4), np.uint8), ""),
-    (np.ones((3, 4), np.uint8), "1 12"),
-    (np.array([[1, 0], [0, 0]], np.uint8), "1 1"),
-    (np.array([[0, 0], [0, 1]], np.uint8), "4 1"),
-    (np.array([[0, 1], [0, 1]], np.uint8), "3 2"),          # column-major: second column is 3..4
-    (np.array([[1, 1], [0, 0], [1, 1]], np.uint8), "1 1 3 2 6 1"),
-])
+@pytest.mark.parametrize(
+    "mask, expected",
+    [
+        (np.zeros((3, 4), np.uint8), ""),
+        (np.ones((3, 4), np.uint8), "1 12"),
+        (np.array([[1, 0], [0, 0]], np.uint8), "1 1"),
+        (np.array([[0, 0], [0, 1]], np.uint8), "4 1"),
+        (np.array([[0, 1], [0, 1]], np.uint8), "3 2"),  # column-major: second column is 3..4
+        (np.array([[1, 1], [0, 0], [1, 1]], np.uint8), "1 1 3 2 6 1")
+    ])
 def test_known_answers(mask, expected):
     assert rle_encode(mask) == expected
     assert reference_encode(mask) == expected
@@ -42,7 +44,8 @@ def test_known_answers(mask, expected):
 
 
 @settings(max_examples=300, deadline=None)
-@given(arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12)), elements=st.integers(0, 1)))
+@given(
+    arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12)), elements=st.integers(0, 1)))
 def test_round_trip_matches_reference(mask):
     text = rle_encode(mask)
     assert text == reference_encode(mask)
@@ -82,6 +85,6 @@ def test_thousands_of_full_size_masks_survive_the_csv(tmp_path):
     path = tmp_path / "submission.csv"
     write_submission(path, masks, ids, quiet=True)
     rows = read_submission(path, (420, 580), ids)
-    assert list(rows) == sorted(ids.tolist())                 # sorted by id
+    assert list(rows) == sorted(ids.tolist())  # sorted by id
     for i, mask in zip(ids, masks):
         assert np.array_equal(rle_decode(rows[i], (420, 580)), mask)

@@ -1,4 +1,5 @@
-"""Speed benchmark: each stage of the kit beside the 2017 Keras tutorial's way, same data, same machine.
+"""Speed benchmark: each stage of the kit beside the 2017 Keras tutorial's way, same data, same
+machine.
 
     python bench.py            # the competition's volume: 5,635 training pairs, 5,508 test images
     python bench.py --quick    # a tenth of it, for a quick look
@@ -32,14 +33,20 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE = Path("../shared/data/nerve-kaggle-sample")
-WORK = Path("work/bench")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the kit's library, kit/
+SAMPLE = ROOT.parent / "shared" / "data" / "nerve-kaggle-sample"
+WORK = ROOT / "work" / "bench"
 SHAPE = (420, 580)
-VOLUMES = {   # train pairs, test images, training frames and epochs, forward passes timed, Dice epochs and seeds
-    "full": dict(pairs=5635, tests=5508, frames=1024, epochs=2, forward=1024, dice_epochs=8, dice_seeds=[42, 43]),
-    "quick": dict(pairs=564, tests=551, frames=128, epochs=2, forward=128, dice_epochs=3, dice_seeds=[42]),
+# train pairs, test images, training frames and epochs, forward passes timed, Dice epochs
+# and seeds
+VOLUMES = {
+    "full": dict(pairs=5635, tests=5508, frames=1024, epochs=2, forward=1024, dice_epochs=8,
+                 dice_seeds=[42, 43]),
+    "quick": dict(pairs=564, tests=551, frames=128, epochs=2, forward=128, dice_epochs=3,
+                  dice_seeds=[42])
 }
-WARMUP_STEPS = 3   # the first steps trace and compile: not timed
+WARMUP_STEPS = 3  # the first steps trace and compile: not timed
 RESULT = "BENCH "  # prefix of the JSON line a measured process prints
 
 
@@ -49,7 +56,8 @@ def get_args():
     p.add_argument("--quick", action="store_true", help="a tenth of the volume")
     p.add_argument("--stages", nargs="+", default=["data", "train", "predict", "submission"],
                    choices=["data", "train", "predict", "submission"], help="stages to run")
-    p.add_argument("--repeat", type=int, default=1, help="runs of each way; the fastest counts (a busy machine)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs of each way; the fastest counts (a busy machine)")
     p.add_argument("--no-dice", dest="dice", action="store_false",
                    help="skip the validation-Dice check of float32 against the automatic precision")
     p.add_argument("--one", nargs=2, metavar=("STAGE", "WAY"), help=argparse.SUPPRESS)
@@ -67,26 +75,30 @@ def report(**result):
 
 # ---------------------------------------------------------------- fixtures from the real images
 
+
 def real_pairs():
-    import data
-    images, masks, _ = data.list_train(SAMPLE / "train", skip_unpaired=True)   # 2_20_mask.tif has no image
-    return images, masks
+    from kit import layouts
+
+    sets = layouts.competition(SAMPLE, skip_unpaired=True)  # 2_20_mask.tif has no image
+    return [image for _, image, _ in sets.train], [masks[0] for _, _, masks in sets.train]
 
 
 def real_tests():
-    import data
-    return data.list_test(SAMPLE / "test")[0]
+    from kit import layouts
+
+    return [image for _, image, _ in layouts.competition(SAMPLE, skip_unpaired=True).test]
 
 
 def link(source, target):
     try:
-        os.link(source, target)    # no disk cost
+        os.link(source, target)  # no disk cost
     except OSError:
         shutil.copyfile(source, target)
 
 
 def raw_folder(base, v):
-    """The competition's layout with the real files repeated to the volume (47 subjects, as Kaggle's)."""
+    """The competition's layout with the real files repeated to the volume (47 subjects, as
+    Kaggle's)."""
     raw = base / "raw"
     if (raw / ".complete").exists():
         return raw
@@ -107,19 +119,25 @@ def raw_folder(base, v):
 
 
 def repeated(paths, n, is_mask=False):
-    import data
-    frames = np.stack([data.read_image(p, is_mask) for p in paths])
+    from kit import images
+
+    frames = np.stack([
+        images.read_mask([p], p, images.image_size(p), images.label_table(1))
+        if is_mask else images.read_image(p) for p in paths
+    ])
     return frames[np.arange(n) % len(frames)]
 
 
 def test_arrays(base, v):
-    """imgs_test.npy for the predict stage and imgs_mask_test.npy (real masks) for the submission stage."""
-    import common
+    """imgs_test.npy for the predict stage and imgs_mask_test.npy (real masks) for the submission
+    stage."""
+    from kit.files import save_npy
+
     folder = base / "arrays"
     if not (folder / "imgs_mask_test.npy").exists():
-        common.save_npy(folder / "imgs_test.npy", repeated(real_tests(), v["tests"]))
-        common.save_npy(folder / "imgs_id_test.npy", np.arange(1, v["tests"] + 1, dtype=np.int32))
-        common.save_npy(folder / "imgs_mask_test.npy", repeated(real_pairs()[1], v["tests"], is_mask=True))
+        save_npy(folder / "imgs_test.npy", repeated(real_tests(), v["tests"]))
+        save_npy(folder / "imgs_id_test.npy", np.arange(1, v["tests"] + 1, dtype=np.int32))
+        save_npy(folder / "imgs_mask_test.npy", repeated(real_pairs()[1], v["tests"], is_mask=True))
     return folder
 
 
@@ -139,18 +157,24 @@ def npy_bytes(folder):
 
 # ---------------------------------------------------------------- data
 
+
 def data_kit(base, v):
-    import data
+    """What data.py does with the competition's layout: list, decode in threads, write."""
+    from types import SimpleNamespace
+    from kit import arrays, layouts
+
     out = base / "data-kit"
-    sys.argv = ["data.py", "--raw", str(base / "raw"), "--workdir", str(out), "-q"]
+    options = SimpleNamespace(channels=1, classes=1, label_map=[], workers=os.cpu_count(),
+                              quiet=True)
     started = time.perf_counter()
-    data.main()
+    arrays.write_sets(layouts.competition(base / "raw", False), out, options, one_size=True)
     seconds = time.perf_counter() - started
     report(images=2 * v["pairs"] + v["tests"], seconds=seconds, output_bytes=npy_bytes(out))
 
 
 def data_tutorial(base, v):
     from PIL import Image
+
     raw, out = base / "raw", base / "data-tutorial"
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -171,16 +195,18 @@ def data_tutorial(base, v):
     del images, masks
     names = os.listdir(raw / "test")
     tests = np.ndarray((len(names), *SHAPE), dtype=np.uint8)
-    ids = np.ndarray((len(names),), dtype=np.int32)
+    ids = np.ndarray((len(names), ), dtype=np.int32)
     for i, name in enumerate(names):
         tests[i] = np.array(Image.open(raw / "test" / name))
         ids[i] = int(name.split(".")[0])
     np.save(out / "imgs_test.npy", tests)
     np.save(out / "imgs_id_test.npy", ids)
-    report(images=2 * total + len(names), seconds=time.perf_counter() - started, output_bytes=npy_bytes(out))
+    report(images=2 * total + len(names), seconds=time.perf_counter() - started,
+           output_bytes=npy_bytes(out))
 
 
 # ---------------------------------------------------------------- train
+
 
 def training_frames(v):
     images, masks = real_pairs()
@@ -188,76 +214,95 @@ def training_frames(v):
 
 
 def step_timer(keras):
+
     class StepTimer(keras.callbacks.Callback):
         """The time of every step after the warm-up steps."""
+
         def __init__(self):
             super().__init__()
             self.ends = []
 
         def on_train_batch_end(self, batch, logs=None):
-            float(logs["loss"])    # waits for the step to finish
+            float(logs["loss"])  # waits for the step to finish
             self.ends.append(time.perf_counter())
 
         def step_seconds(self):
             return np.diff(self.ends[WARMUP_STEPS - 1:])
+
     return StepTimer()
 
 
 def train_run(v, precision, make_inputs):
     """Train the tutorial's network and report the steady-state rate of its steps."""
-    import train
-    keras, unet = train.keras, train.unet
-    t = train.PRESETS["tutorial"]
+    from kit import model as unet
+    from kit.training import PRESETS
+
+    keras = unet.keras
+    t = PRESETS["tutorial"]
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(precision)
     fit_data, mean, std = make_inputs(t)
-    model = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"], t["batchnorm"], mean, std)
-    model.compile(keras.optimizers.Adam(t["lr"]), unet.loss_for(t["loss"], 1), metrics=[unet.dice_metric(1)])
+    model = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"],
+                            t["batchnorm"], mean, std)
+    model.compile(keras.optimizers.Adam(t["lr"]), unet.loss_for(t["loss"], 1),
+                  metrics=[unet.dice_metric(1)])
     timer = step_timer(keras)
     fit_data(model, v["epochs"], timer)
     steps = timer.step_seconds()
     # The median step: every step does the same work, and a shared machine slows some of them.
-    report(images=len(steps) * t["batch_size"], seconds=float(np.median(steps)) * len(steps), precision=precision,
-           gflop=forward_gflop(model) * 3)   # a training step: forward + two backward passes
+    report(images=len(steps) * t["batch_size"], seconds=float(np.median(steps)) * len(steps),
+           precision=precision,
+           gflop=forward_gflop(model) * 3)  # a training step: forward + two backward passes
 
 
 def train_tutorial(base, v):
     from skimage.transform import resize
+
     images, masks = training_frames(v)
 
     def make_inputs(t):
+
         def preprocess(stack):
             out = np.ndarray((len(stack), *t["image_size"]), dtype=np.uint8)
             for i in range(len(stack)):
                 out[i] = resize(stack[i], t["image_size"], preserve_range=True, anti_aliasing=False)
             return out[..., None]
+
         x = preprocess(images).astype("float32")
         x = (x - x.mean()) / x.std()
         y = preprocess(masks * 255).astype("float32") / 255.0
 
         def fit(model, epochs, timer):
-            model.fit(x, y, batch_size=t["batch_size"], epochs=epochs, shuffle=True, verbose=0, callbacks=[timer])
+            model.fit(x, y, batch_size=t["batch_size"], epochs=epochs, shuffle=True, verbose=0,
+                      callbacks=[timer])
+
         return fit, 0.0, 1.0
 
     train_run(v, "float32", make_inputs)
 
 
-def train_kit(base, v):
-    import common
-    import train
+def train_kit(base, v, precision="auto"):
+    from kit import dataset, images as kit_images, training
+
     images, masks = training_frames(v)
 
     def make_inputs(t):
-        x = common.resize_stack(images, t["image_size"], "area")
-        y = common.resize_stack(masks, t["image_size"], "area")
+        x = kit_images.resize_stack(images, t["image_size"], "area")
+        y = kit_images.resize_stack(masks, t["image_size"], "area")
 
-        def fit(model, epochs, timer):   # as train.train_fold does, less its per-epoch callbacks
-            ds = train.dataset(x, y, t["batch_size"], t["augment"], 0, range(epochs))
-            steps = train.steps_per_epoch(len(x), t["batch_size"], t["augment"])
+        def fit(model, epochs, timer):  # as training.train_fold does, less its per-epoch callbacks
+            ds = dataset.dataset(x, y, t["batch_size"], 0, range(epochs), shuffle=True,
+                                 augment=t["augment"])
+            steps = dataset.steps_per_epoch(len(x), t["batch_size"], t["augment"])
             model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+
         return fit, float(x.mean()), float(x.std())
 
-    train_run(v, train.choose_precision("auto"), make_inputs)
+    train_run(v, training.choose_precision(precision), make_inputs)
+
+
+def train_kit_float32(base, v):
+    train_kit(base, v, "float32")
 
 
 def forward_gflop(model):
@@ -274,16 +319,18 @@ def forward_gflop(model):
 
 
 def run_script(script, *args):
-    result = subprocess.run([sys.executable, script, *map(str, args)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, script, *map(str, args)], capture_output=True,
+                            text=True)
     if result.returncode:
         sys.exit(f"{script} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
 
 
 def dice_check(base, v):
-    """The kit's default recipe on the demo data, float32 beside the automatic precision, per seed."""
+    """The kit's default recipe on the demo data, float32 beside the automatic precision, per
+    seed."""
     demo = base.parent / "demo"
     if not (demo / "imgs_train.npy").exists():
-        run_script("data.py", "--demo", "--raw", demo / "raw", "--workdir", demo, "-q")
+        run_script(ROOT / "data.py", "--demo", "--raw", demo / "raw", "--workdir", demo, "-q")
     out = {}
     for precision in ("float32", "auto"):
         for seed in v["dice_seeds"]:
@@ -292,8 +339,8 @@ def dice_check(base, v):
             work.mkdir()
             for name in ("imgs_train", "imgs_mask_train", "imgs_subject_train"):
                 link(demo / f"{name}.npy", work / f"{name}.npy")
-            run_script("train.py", "--workdir", work, "--epochs", v["dice_epochs"], "--image-size", 96, 128,
-                       "--precision", precision, "--seed", seed, "-q")
+            run_script(ROOT / "train.py", "--workdir", work, "--epochs", v["dice_epochs"],
+                       "--image-size", 96, 128, "--precision", precision, "--seed", seed, "-q")
             config = json.loads((work / "model" / "config.json").read_text())
             out.setdefault(precision, []).append(config["validation_dice"])
             out[f"{precision} name"] = config["precision"]
@@ -302,58 +349,76 @@ def dice_check(base, v):
 
 # ---------------------------------------------------------------- predict
 
+
 def predict_setup(base, v):
-    """One set of weights (built in float32), and the kit's model with them under its precision."""
-    import train
-    keras, unet = train.keras, train.unet
-    t = train.PRESETS["tutorial"]
-    keras.utils.set_random_seed(0)
-    model = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"], t["batchnorm"], 100.0, 50.0)
-    model.save_weights(base / "arrays" / "unet.weights.h5")
-    precision = train.choose_precision("auto")
-    keras.mixed_precision.set_global_policy(precision)
-    kit = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"], t["batchnorm"], 100.0, 50.0)
-    kit.load_weights(base / "arrays" / "unet.weights.h5")
-    kit.save(base / "arrays" / "fold0.keras")
-    # What train.py writes, with the tutorial's post-processing (threshold 0.5, no area gate, no TTA).
-    size = t["image_size"]
-    (base / "arrays" / "config.json").write_text(json.dumps(
-        {"folds": ["fold0.keras"], "threshold": 0.5, "min_area": 0, "tta": False, "classes": 1,
-         "validation_dice": float("nan"), "precision": precision, "tile": 0, "original_size": list(SHAPE),
-         "scale": [round(size[0] / SHAPE[0], 6), round(size[1] / SHAPE[1], 6)], "class_scores": {}, "settings": {}}))
-    report(precision=precision)
+    """One set of weights (built in float32), and the kit's model with them under its precision,
+    saved with the config train.py would write for the tutorial's post-processing."""
+    from kit import config, model as unet
+    from kit.training import PRESETS, choose_precision
+
+    t = PRESETS["tutorial"]
+    unet.keras.utils.set_random_seed(0)
+    net = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"],
+                          t["batchnorm"], 100.0, 50.0)
+    net.save_weights(base / "arrays" / "unet.weights.h5")
+    for precision in ("auto", "float32"):
+        folder = base / "arrays" / f"model-{precision}"
+        precision = choose_precision(precision)
+        unet.keras.mixed_precision.set_global_policy(precision)
+        kit = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"],
+                              t["batchnorm"], 100.0, 50.0)
+        kit.load_weights(base / "arrays" / "unet.weights.h5")
+        folder.mkdir(parents=True, exist_ok=True)
+        kit.save(folder / "fold0.keras")
+        size = t["image_size"]
+        config.save(
+            folder,
+            config.Config(folds=["fold0.keras"], tta=False, precision=precision,
+                          original_size=list(SHAPE),
+                          scale=[round(size[0] / SHAPE[0], 6),
+                                 round(size[1] / SHAPE[1], 6)]))
+    report(precision=choose_precision("auto"))
 
 
-def predict_kit(base, v):
-    import predict
-    work = workdir(base, "predict-kit", "imgs_test.npy", "imgs_id_test.npy")
-    (work / "model").mkdir()
-    for name in ("fold0.keras", "config.json"):
-        link(base / "arrays" / name, work / "model" / name)
-    sys.argv = ["predict.py", "--workdir", str(work), "-q"]
+def predict_kit(base, v, precision="auto"):
+    """What predict.py does: load the models, predict the final masks in chunks into a .npy."""
+    from kit import arrays, inference
+
+    work = workdir(base, f"predict-kit-{precision}", "imgs_test.npy", "imgs_id_test.npy")
     started = time.perf_counter()
-    predict.main()
+    images, ids = arrays.load_test_set(work)
+    models, config = inference.load_models(base / "arrays" / f"model-{precision}")
+    out = np.lib.format.open_memmap(work / "imgs_mask_test.npy", mode="w+", dtype=np.uint8,
+                                    shape=images.shape)
+    inference.predict_set(models, config, images, None, out, 64, 512, quiet=True)
+    del out
     seconds = time.perf_counter() - started
-    model = predict.keras.models.load_model(work / "model" / "fold0.keras", compile=False)
-    policies = [layer.dtype_policy.name for layer in model.layers]
-    report(images=v["tests"], seconds=seconds, output_bytes=(work / "imgs_mask_test.npy").stat().st_size,
-           gflop=forward_gflop(model), precision=max(set(policies), key=policies.count))
+    policies = [layer.dtype_policy.name for layer in models[0].layers]
+    report(images=v["tests"], seconds=seconds,
+           output_bytes=(work / "imgs_mask_test.npy").stat().st_size,
+           gflop=forward_gflop(models[0]), precision=max(set(policies), key=policies.count))
+
+
+def predict_kit_float32(base, v):
+    predict_kit(base, v, "float32")
 
 
 def predict_tutorial(base, v):
     import cv2
     from skimage.transform import resize
-    import train
-    unet = train.unet
-    t = train.PRESETS["tutorial"]
+    from kit import model as unet
+    from kit.training import PRESETS
+
+    t = PRESETS["tutorial"]
     work = workdir(base, "predict-tutorial")
     started = time.perf_counter()
     images = np.load(base / "arrays" / "imgs_test.npy")
     x = np.ndarray((len(images), *t["image_size"]), dtype=np.uint8)
     for i in range(len(images)):
         x[i] = resize(images[i], t["image_size"], preserve_range=True, anti_aliasing=False)
-    x = x[..., None].astype("float32")   # (normalised inside the model, as the kit's)
-    model = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"], t["batchnorm"], 100.0, 50.0)
+    x = x[..., None].astype("float32")  # (normalised inside the model, as the kit's)
+    model = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"],
+                            t["batchnorm"], 100.0, 50.0)
     model.load_weights(base / "arrays" / "unet.weights.h5")
     # The float32 forward pass is timed on the first images and scaled to all; the rest runs on all.
     n = min(v["forward"], len(x))
@@ -373,14 +438,21 @@ def predict_tutorial(base, v):
 
 # ---------------------------------------------------------------- submission
 
+
 def submission_kit(base, v):
-    import submission
-    work = workdir(base, "submission-kit", "imgs_mask_test.npy", "imgs_id_test.npy", "imgs_test.npy")
-    sys.argv = ["submission.py", "--raw", str(work), "--workdir", str(work), "-q"]
+    """What submission.py does: encode every mask, then read the CSV back checking every row."""
+    from kit import arrays, rle
+
+    work = workdir(base, "submission-kit", "imgs_mask_test.npy", "imgs_id_test.npy",
+                   "imgs_test.npy")
     started = time.perf_counter()
-    submission.main()
+    ids = arrays.load(work, arrays.TEST_IDS, "ids")
+    masks = arrays.load(work, arrays.TEST_MASKS, "masks", mmap=True)
+    rle.write_submission(work / "submission.csv", masks, ids, quiet=True)
+    rle.read_submission(work / "submission.csv", masks.shape[1:], rle.row_ids(ids, 1))
     seconds = time.perf_counter() - started
-    report(images=v["tests"], seconds=seconds, output_bytes=(work / "submission.csv").stat().st_size)
+    report(images=v["tests"], seconds=seconds,
+           output_bytes=(work / "submission.csv").stat().st_size)
 
 
 def tutorial_rle(mask):
@@ -414,28 +486,35 @@ def submission_tutorial(base, v):
 
 # ---------------------------------------------------------------- the machine
 
+
 def machine(base, v):
-    """What runs the benchmark, and its best rates: 3x3 convolutions at the U-Net's shapes, memory copy."""
-    import train
-    tf = train.tf
+    """What runs the benchmark, and its best rates: 3x3 convolutions at the U-Net's shapes, memory
+    copy."""
+    from kit import training
+
+    tf, keras = training.tf, training.keras
     gpus = tf.config.list_physical_devices("GPU")
-    device = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else None
+    device = (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+              if gpus else None)
     levels = [(64, 96), (128, 48), (256, 24), (512, 12)]
-    conv = {dtype: max(conv_gflops(tf, dtype, c, side) for c, side in levels for _ in range(2))
-            for dtype in ("float32", "bfloat16")}
+    conv = {
+        dtype: max(conv_gflops(tf, dtype, c, side) for c, side in levels for _ in range(2))
+        for dtype in ("float32", "bfloat16")
+    }
     source, target = np.ones(2**28, np.uint8), np.zeros(2**28, np.uint8)
-    np.copyto(target, source)   # first touch of the pages: not timed
+    np.copyto(target, source)  # first touch of the pages: not timed
     started = time.perf_counter()
     for _ in range(4):
         np.copyto(target, source)
-    copy_gbs = 4 * 2 * source.nbytes / (time.perf_counter() - started) / 1e9   # read + write
-    report(cpu=cpu_model(), cores=os.cpu_count(), bf16=train.cpu_has_bf16(), gpu=device,
-           precision=train.choose_precision("auto"), tensorflow=tf.__version__, keras=train.keras.__version__,
-           conv=conv, copy_gbs=copy_gbs)
+    copy_gbs = 4 * 2 * source.nbytes / (time.perf_counter() - started) / 1e9  # read + write
+    report(cpu=cpu_model(), cores=os.cpu_count(), bf16=training.cpu_has_bf16(), gpu=device,
+           precision=training.choose_precision("auto"), tensorflow=tf.__version__,
+           keras=keras.__version__, conv=conv, copy_gbs=copy_gbs)
 
 
 def conv_gflops(tf, dtype, channels, side, batch=32, seconds=0.3):
-    """GFLOP/s of one 3x3 convolution of the U-Net's shape at one level: the rate its layers could reach."""
+    """GFLOP/s of one 3x3 convolution of the U-Net's shape at one level: the rate its layers could
+    reach."""
     x = tf.cast(tf.random.normal((batch, side, side, channels)), dtype)
     kernel = tf.cast(tf.random.normal((3, 3, channels, channels)), dtype)
     step = tf.function(lambda: tf.nn.conv2d(x, kernel, 1, "SAME")[0, 0, 0, 0], autograph=False)
@@ -444,24 +523,34 @@ def conv_gflops(tf, dtype, channels, side, batch=32, seconds=0.3):
     while time.perf_counter() - started < seconds:
         step().numpy()
         reps += 1
-    return 2 * batch * side * side * 9 * channels ** 2 * reps / (time.perf_counter() - started) / 1e9
+    return 2 * batch * side * side * 9 * channels**2 * reps / (time.perf_counter() - started) / 1e9
 
 
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         return "unknown CPU"
 
 
 # ---------------------------------------------------------------- measuring a process
 
-WAYS = {("data", "kit"): data_kit, ("data", "tutorial"): data_tutorial,
-        ("train", "kit"): train_kit, ("train", "tutorial"): train_tutorial,
-        ("predict", "setup"): predict_setup, ("predict", "kit"): predict_kit, ("predict", "tutorial"): predict_tutorial,
-        ("submission", "kit"): submission_kit, ("submission", "tutorial"): submission_tutorial,
-        ("machine", "info"): machine}
+WAYS = {
+    ("data", "kit"): data_kit,
+    ("data", "tutorial"): data_tutorial,
+    ("train", "kit"): train_kit,
+    ("train", "tutorial"): train_tutorial,
+    ("train", "kit-float32"): train_kit_float32,
+    ("predict", "kit-float32"): predict_kit_float32,
+    ("predict", "setup"): predict_setup,
+    ("predict", "kit"): predict_kit,
+    ("predict", "tutorial"): predict_tutorial,
+    ("submission", "kit"): submission_kit,
+    ("submission", "tutorial"): submission_tutorial,
+    ("machine", "info"): machine
+}
 
 
 def anon_kib(pid):
@@ -483,6 +572,7 @@ def measure(stage, way, quick):
         while proc.returncode is None:
             anon[0] = max(anon[0], anon_kib(proc.pid))
             time.sleep(0.02)
+
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     stderr = []
@@ -494,11 +584,13 @@ def measure(stage, way, quick):
     reader.join()
     lines = [line[len(RESULT):] for line in stdout.splitlines() if line.startswith(RESULT)]
     if proc.returncode or not lines:
-        sys.exit(f"{stage} ({way}) failed with exit code {proc.returncode}:\n{stdout[-3000:]}{stderr[0][-3000:]}")
+        sys.exit(f"{stage} ({way}) failed with exit code "
+                 f"{proc.returncode}:\n{stdout[-3000:]}{stderr[0][-3000:]}")
     return {**json.loads(lines[-1]), "peak_mib": usage.ru_maxrss / 1024, "anon_mib": anon[0] / 1024}
 
 
 # ---------------------------------------------------------------- the table
+
 
 def rate(r):
     return r["images"] / r["seconds"]
@@ -507,10 +599,13 @@ def rate(r):
 def run_stage(stage, base, v, args):
     print(f"{stage}: ", end="", flush=True)
     results = {}
-    for way in ("tutorial", "kit"):
-        results[way] = r = max((measure(stage, way, args.quick) for _ in range(args.repeat)), key=rate)
-        print(f"{way} {rate(r):.1f} img/s ({r['images']} images in {r['seconds']:.1f} s, "
-              f"peak {r['peak_mib']:.0f} MiB){'; ' if way == 'tutorial' else ''}", end="", flush=True)
+    ways = [w for s, w in WAYS if s == stage and w != "setup"]  # tutorial, kit, kit-float32
+    for way in ways:
+        results[way] = r = max((measure(stage, way, args.quick) for _ in range(args.repeat)),
+                               key=rate)
+        print(
+            f"{way} {rate(r):.1f} img/s ({r['images']} images in {r['seconds']:.1f} s, "
+            f"peak {r['peak_mib']:.0f} MiB){'; ' if way != ways[-1] else ''}", end="", flush=True)
     print()
     return results
 
@@ -528,32 +623,85 @@ def goal(stage, kit, tutorial, rows):
 
 
 def table(rows):
-    lines = ["| stage | images | kit img/s | tutorial img/s | ratio | kit peak MiB (RSS / anon) | "
-             "tutorial peak MiB (RSS / anon) | output MiB | goal |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        "| stage | images | kit img/s | tutorial img/s | ratio | kit peak MiB (RSS / anon) | "
+        "tutorial peak MiB (RSS / anon) | output MiB | goal |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    ]
     for stage, r in rows.items():
-        kit, tut = r["kit"], r["tutorial"]
-        output = f"{kit['output_bytes'] / 2**20:.0f}" if "output_bytes" in kit else "-"
-        lines.append(f"| {stage} | {kit['images']} | {rate(kit):.1f} | {rate(tut):.1f} | {rate(kit) / rate(tut):.1f}x | "
-                     f"{kit['peak_mib']:.0f} / {kit['anon_mib']:.0f} | {tut['peak_mib']:.0f} / {tut['anon_mib']:.0f} | "
-                     f"{output} | {goal(stage, kit, tut, rows)} |")
+        tut = r["tutorial"]
+        for way in ("kit", "kit-float32"):
+            if way not in r:
+                continue
+            kit, name = r[way], stage if way == "kit" else f"{stage} ({way}, as the tutorial)"
+            output = f"{kit['output_bytes'] / 2**20:.0f}" if "output_bytes" in kit else "-"
+            lines.append(
+                f"| {name} | {kit['images']} | {rate(kit):.1f} | {rate(tut):.1f} | "
+                f"{rate(kit) / rate(tut):.1f}x | {kit['peak_mib']:.0f} / {kit['anon_mib']:.0f} | "
+                f"{tut['peak_mib']:.0f} / {tut['anon_mib']:.0f} | {output} | "
+                f"{goal(stage, kit, tut, rows)} |")
     return "\n".join(lines)
 
 
 def floors(rows, info):
-    """The network's stages beside the FLOP floor: its convolutions at the best rate measured here."""
-    lines = ["| stage | way | precision | GFLOP/image | achieved GFLOP/s | best conv GFLOP/s | share | ceiling img/s |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    """The network's stages beside the FLOP floor: its convolutions at the best rate measured
+    here."""
+    lines = [
+        "| stage | way | precision | GFLOP/image | achieved GFLOP/s | best conv GFLOP/s | share "
+        "| ceiling img/s |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
+    ]
     for stage in ("train", "predict"):
-        for way in ("tutorial", "kit"):
-            if stage not in rows:
+        for way in ("tutorial", "kit", "kit-float32"):
+            if stage not in rows or way not in rows[stage]:
                 continue
             r = rows[stage][way]
             best = info["conv"]["bfloat16" if "bfloat16" in r["precision"] else "float32"]
             achieved = r["gflop"] * rate(r)
-            lines.append(f"| {stage} | {way} | {r['precision']} | {r['gflop']:.2f} | {achieved:.0f} | {best:.0f} | "
-                         f"{achieved / best:.0%} | {best / r['gflop']:.0f} |")
+            lines.append(
+                f"| {stage} | {way} | {r['precision']} | {r['gflop']:.2f} | {achieved:.0f} | "
+                f"{best:.0f} | "
+                f"{achieved / best:.0%} | {best / r['gflop']:.0f} |")
     return "\n".join(lines)
+
+
+def print_machine(info, name, v):
+    gpu = f", GPU {info['gpu']}" if info["gpu"] else ""
+    print(f"machine: {info['cpu']}, {info['cores']} cores, bf16 {'yes' if info['bf16'] else 'no'}"
+          f"{gpu}; TensorFlow {info['tensorflow']}, Keras {info['keras']}")
+    print(
+        f"kit precision (auto): {info['precision']}; best 3x3 convolution: float32 "
+        f"{info['conv']['float32']:.0f} GFLOP/s, bfloat16 {info['conv']['bfloat16']:.0f} GFLOP/s; "
+        f"memory copy {info['copy_gbs']:.1f} GB/s; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"volume: {name}, {v['pairs']} training pairs, {v['tests']} test images "
+        f"(real images repeated)\n", flush=True)
+
+
+def print_notes(rows, v, dice):
+    notes = []
+    if "data" in rows:
+        notes.append("data: images counts image and mask files; the tutorial's way reads them "
+                     "with PIL, one by one")
+    if "train" in rows:
+        notes.append(f"train: steps of 32 at the tutorial's architecture "
+                     f"({rows['train']['kit']['gflop'] / 3:.2f} GFLOP forward per image) on "
+                     f"{v['frames']} real frames, {v['epochs']} epochs; the median step after "
+                     f"the first {WARMUP_STEPS} counts")
+    if "predict" in rows:
+        notes.append(f"predict: {rows['predict']['tutorial']['note']}")
+    if "submission" in rows:
+        notes.append("submission: kit = what submission.py does (encode, then read back and "
+                     "check every row)")
+    if dice:
+        f32, auto = np.mean(dice["float32"]), np.mean(dice["auto"])
+        each = " ".join(f"{d:.4f}" for d in dice["float32"]), " ".join(f"{d:.4f}"
+                                                                       for d in dice["auto"])
+        notes.append(f"validation Dice, kit default recipe on the demo data ({v['dice_epochs']} "
+                     f"epochs, 96x128, seeds {' '.join(map(str, v['dice_seeds']))}): float32 "
+                     f"{each[0]} (mean {f32:.4f}), auto = {dice['auto name']} {each[1]} "
+                     f"(mean {auto:.4f}): difference {auto - f32:+.4f}")
+    for note in notes:
+        print(f"- {note}")
 
 
 def main():
@@ -567,14 +715,7 @@ def main():
     started = time.time()
     base.mkdir(parents=True, exist_ok=True)
     info = measure("machine", "info", args.quick)
-    print(f"machine: {info['cpu']}, {info['cores']} cores, bf16 {'yes' if info['bf16'] else 'no'}"
-          f"{', GPU ' + info['gpu'] if info['gpu'] else ''}; TensorFlow {info['tensorflow']}, Keras {info['keras']}")
-    print(f"kit precision (auto): {info['precision']}; best 3x3 convolution: float32 "
-          f"{info['conv']['float32']:.0f} GFLOP/s, bfloat16 {info['conv']['bfloat16']:.0f} GFLOP/s; "
-          f"memory copy {info['copy_gbs']:.1f} GB/s; load average {os.getloadavg()[0]:.1f}")
-    print(f"volume: {name}, {v['pairs']} training pairs, {v['tests']} test images (real images repeated)\n",
-          flush=True)
-
+    print_machine(info, name, v)
     rows = {}
     for stage in args.stages:
         if stage == "data":
@@ -582,32 +723,18 @@ def main():
         if stage in ("predict", "submission"):
             test_arrays(base, v)
         if stage == "predict":
-            measure("predict", "setup", args.quick)   # a few seconds: always as this version writes it
+            measure("predict", "setup",
+                    args.quick)  # a few seconds: always as this version writes it
         rows[stage] = run_stage(stage, base, v, args)
-        for folder in base.glob(f"{stage}-*"):   # outputs can be gigabytes
+        for folder in base.glob(f"{stage}-*"):  # outputs can be gigabytes
             shutil.rmtree(folder)
-
     dice = dice_check(base, v) if args.dice and "train" in args.stages else None
     print(f"\n{table(rows)}\n")
     if "train" in rows or "predict" in rows:
         print(f"{floors(rows, info)}\n")
-    notes = ["data: images counts image and mask files; the tutorial's way reads them with PIL, one by one"
-             if "data" in rows else "",
-             f"train: steps of 32 at the tutorial's architecture ({rows['train']['kit']['gflop'] / 3:.2f} GFLOP "
-             f"forward per image) on {v['frames']} real frames, {v['epochs']} epochs; the median step after "
-             f"the first {WARMUP_STEPS} counts" if "train" in rows else "",
-             f"predict: {rows['predict']['tutorial']['note']}" if "predict" in rows else "",
-             "submission: kit = submission.py (encode, then read back and check every row)"
-             if "submission" in rows else ""]
-    for note in filter(None, notes):
-        print(f"- {note}")
-    if dice:
-        f32, auto = np.mean(dice["float32"]), np.mean(dice["auto"])
-        each = lambda scores: " ".join(f"{d:.4f}" for d in scores)
-        print(f"- validation Dice, kit default recipe on the demo data ({v['dice_epochs']} epochs, 96x128, "
-              f"seeds {' '.join(map(str, v['dice_seeds']))}): float32 {each(dice['float32'])} (mean {f32:.4f}), "
-              f"auto = {dice['auto name']} {each(dice['auto'])} (mean {auto:.4f}): difference {auto - f32:+.4f}")
-    print(f"- load average {os.getloadavg()[0]:.1f} at the end; whole benchmark {time.time() - started:.0f} s")
+    print_notes(rows, v, dice)
+    print(f"- load average {os.getloadavg()[0]:.1f} at the end; whole benchmark "
+          f"{time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":

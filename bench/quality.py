@@ -20,7 +20,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-import common
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the kit's library, kit/
+from kit import files, metrics  # noqa: E402
 
 RECIPES = {"tutorial": ["--preset", "tutorial"], "kit defaults": []}
 
@@ -28,16 +30,22 @@ RECIPES = {"tutorial": ["--preset", "tutorial"], "kit defaults": []}
 def get_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder of the real data sets")
-    p.add_argument("--workdir", type=Path, default=Path("work/bench_quality"), help="runs go here")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
+                   help="folder of the real data sets")
+    p.add_argument("--workdir", type=Path, default=ROOT / "work" / "bench_quality",
+                   help="runs go here")
     p.add_argument("--budget", type=float, default=600, help="training seconds per run")
-    p.add_argument("--sets", nargs="+", default=["nerve-kaggle-sample", "usgra-nerve"], help="data sets")
-    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="recipes")
-    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags added to the kit's train.py")
+    p.add_argument("--sets", nargs="+", default=["nerve-kaggle-sample", "usgra-nerve"],
+                   help="data sets")
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES),
+                   help="recipes")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                   help="flags added to the kit's train.py")
     return p.parse_args()
 
 
 # ---------------------------------------------------------------- data sets as competition arrays
+
 
 def read_gray(path):
     return np.asarray(Image.open(path).convert("L"))
@@ -45,12 +53,14 @@ def read_gray(path):
 
 def nerve_kaggle_sample(root):
     """Subject 1 trains, subject 2 is held out (frames of one subject never cross)."""
+
     def subject(s):
         masks = sorted(root.glob(f"train/{s}_*_mask.tif"), key=lambda p: int(p.stem.split("_")[1]))
         pairs = [(m.with_name(m.name.replace("_mask", "")), m) for m in masks]
         pairs = [(i, m) for i, m in pairs if i.exists()]
         return (np.stack([read_gray(i) for i, _ in pairs]),
                 np.stack([(read_gray(m) > 0).astype(np.uint8) for _, m in pairs]))
+
     (x, y), (tx, ty) = subject(1), subject(2)
     # One subject only: train.py splits its consecutive frames into blocks for validation.
     return x, y, np.ones(len(x), np.int32), tx, ty
@@ -58,12 +68,16 @@ def nerve_kaggle_sample(root):
 
 def usgra_nerve(root):
     """images/ train, test/ scores; mixed sizes are brought to the most common one (512x534)."""
+
     def load(images, masks):
         pairs = [(p, masks / p.name) for p in sorted(images.glob("*.png"))]
         x = [cv2.resize(read_gray(i), (534, 512), interpolation=cv2.INTER_AREA) for i, _ in pairs]
-        y = [cv2.resize((np.asarray(Image.open(m)) == 1).astype(np.uint8), (534, 512),
-                        interpolation=cv2.INTER_NEAREST) for _, m in pairs]
+        y = [
+            cv2.resize((np.asarray(Image.open(m)) == 1).astype(np.uint8), (534, 512),
+                       interpolation=cv2.INTER_NEAREST) for _, m in pairs
+        ]
         return np.stack(x), np.stack(y)
+
     x, y = load(root / "images", root / "masks")
     tx, ty = load(root / "test" / "images", root / "test" / "masks")
     return x, y, np.arange(len(x), dtype=np.int32), tx, ty
@@ -75,14 +89,17 @@ LOADERS = {"nerve-kaggle-sample": nerve_kaggle_sample, "usgra-nerve": usgra_nerv
 def write_arrays(work, x, y, subjects, tx):
     work.mkdir(parents=True, exist_ok=True)
     for name, array in [("imgs_train", x), ("imgs_mask_train", y), ("imgs_subject_train", subjects),
-                        ("imgs_test", tx), ("imgs_id_test", np.arange(1, len(tx) + 1, dtype=np.int32))]:
-        common.save_npy(work / f"{name}.npy", array)
+                        ("imgs_test", tx),
+                        ("imgs_id_test", np.arange(1,
+                                                   len(tx) + 1, dtype=np.int32))]:
+        files.save_npy(work / f"{name}.npy", array)
 
 
 # ---------------------------------------------------------------- runs
 
+
 def run(script, work, *flags):
-    command = [sys.executable, script, "--workdir", str(work), "-q", *flags]
+    command = [sys.executable, str(ROOT / script), "--workdir", str(work), "-q", *flags]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
@@ -98,7 +115,7 @@ def bench(name, recipe, data, args):
     trained = time.time() - started
     run("predict.py", work)
     masks = np.load(work / "imgs_mask_test.npy")
-    return common.mean_dice(masks, ty), trained, time.time() - started
+    return metrics.mean_dice(masks, ty), trained, time.time() - started
 
 
 def main():
@@ -116,7 +133,9 @@ def main():
         for recipe in args.recipes:
             dice, trained, total = bench(name, recipe, data, args)
             rows.append((name, recipe, dice, trained, total))
-            print(f"  {recipe:<13} mean Dice {dice:.3f}  train {trained:4.0f} s  total {total:4.0f} s", flush=True)
+            print(
+                f"  {recipe:<13} mean Dice {dice:.3f}  train {trained:4.0f} s  "
+                f"total {total:4.0f} s", flush=True)
     print("\n| data set | recipe | mean Dice (held out) | training s | train + predict s |")
     print("| --- | --- | --- | --- | --- |")
     for name, recipe, dice, trained, total in rows:

@@ -20,14 +20,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-import common
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the kit's library, kit/
+from kit import files, metrics  # noqa: E402
 
 
 def get_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--workdir", type=Path, default=Path("work/bench_tiles"), help="files and runs go here")
-    p.add_argument("--size", type=int, nargs=2, default=[6000, 4000], metavar=("W", "H"), help="test image size")
+    p.add_argument("--workdir", type=Path, default=ROOT / "work" / "bench_tiles",
+                   help="files and runs go here")
+    p.add_argument("--size", type=int, nargs=2, default=[6000, 4000], metavar=("W", "H"),
+                   help="test image size")
     p.add_argument("--train-size", type=int, default=512, help="side of the training images")
     p.add_argument("--tile", type=int, default=512, help="predict.py --tile")
     p.add_argument("--overlap", type=int, default=64, help="predict.py --overlap")
@@ -38,11 +42,13 @@ def get_args():
 
 def synthetic(h, w, rng):
     """Bright discs of 8-30 pixels radius on a speckled, slowly varying background."""
-    image = cv2.GaussianBlur(rng.normal(90, 25, (h // 8 + 1, w // 8 + 1)).astype(np.float32), (0, 0), 3)
+    image = cv2.GaussianBlur(
+        rng.normal(90, 25, (h // 8 + 1, w // 8 + 1)).astype(np.float32), (0, 0), 3)
     image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
     mask = np.zeros((h, w), np.uint8)
     for _ in range(max(1, h * w // 12000)):
-        cv2.circle(mask, (int(rng.integers(w)), int(rng.integers(h))), int(rng.integers(8, 30)), 255, -1)
+        cv2.circle(mask, (int(rng.integers(w)), int(rng.integers(h))), int(rng.integers(8, 30)),
+                   255, -1)
     image = image + 70 * (mask > 0) + rng.normal(0, 18, (h, w)).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
@@ -63,7 +69,9 @@ def write_set(root, args):
 def run(*command):
     """Run a script; return its peak resident memory in bytes and its wall time."""
     started = time.time()
-    process = subprocess.Popen([sys.executable, *map(str, command)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / command[0]), *map(str, command[1:])], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     if status:
@@ -79,7 +87,9 @@ def seam_band(shape, tile, overlap, width=4):
         # tile k covers [k*stride - overlap, k*stride - overlap + tile) in image coordinates
         for k in range(1, length // stride + 2):
             centre = k * stride - overlap + overlap // 2
-            lo, hi = max(0, centre - overlap // 2 - width), min(length, centre + overlap // 2 + width)
+            lo, hi = (max(0,
+                          centre - overlap // 2 - width), min(length,
+                                                              centre + overlap // 2 + width))
             if axis == 0:
                 band[lo:hi] = True
             else:
@@ -93,15 +103,18 @@ def main():
     if not (root / "test/images/big.png").exists():
         write_set(root, args)
     run("data.py", "--images", root / "train/images", "--masks", root / "train/masks",
-        "--test-images", root / "test/images", "--test-masks", root / "test/masks", "--workdir", work, "-q")
-    run("train.py", "--workdir", work, "--patch", args.patch, "--epochs", args.epochs, "--folds", 4, "-q")
-    peak, seconds = run("predict.py", "--workdir", work, "--tile", args.tile, "--overlap", args.overlap, "-q")
+        "--test-images", root / "test/images", "--test-masks", root / "test/masks", "--workdir",
+        work, "-q")
+    run("train.py", "--workdir", work, "--patch", args.patch, "--epochs", args.epochs, "--folds", 4,
+        "-q")
+    peak, seconds = run("predict.py", "--workdir", work, "--tile", args.tile, "--overlap",
+                        args.overlap, "-q")
     pred = np.load(work / "imgs_mask_test.npy")[0]
     truth = np.load(work / "imgs_truth_test.npy")[0]
     band = seam_band(pred.shape, args.tile, args.overlap)
-    dice = common.dice_per_image(pred[None], truth[None])[0]
-    near = common.dice_per_image(pred[band][None], truth[band][None])[0]
-    away = common.dice_per_image(pred[~band][None], truth[~band][None])[0]
+    dice = metrics.dice_per_image(pred[None], truth[None])[0]
+    near = metrics.dice_per_image(pred[band][None], truth[band][None])[0]
+    away = metrics.dice_per_image(pred[~band][None], truth[~band][None])[0]
     print(f"{args.size[0]}x{args.size[1]} image, tiles {args.tile} overlap {args.overlap}: "
           f"predict.py peak memory {peak / 2**30:.2f} GiB, {seconds:.0f} s")
     print(f"Dice {dice:.4f}: near tile seams {near:.4f}, away from them {away:.4f} "

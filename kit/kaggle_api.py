@@ -1,13 +1,14 @@
 """Everything that talks to Kaggle: download the competition zip, submit, list submissions.
 
 All calls go through the official `kaggle` client (kaggle==2.2.4). Its failures become
-one-line `common.UserError`s worded here, never the client's exception text, so that no
+one-line `UserError`s worded here, never the client's exception text, so that no
 request detail (and never a credential) ends up on screen.
 """
 
 import contextlib
 import functools
 import io
+import logging
 import os
 import shutil
 import time
@@ -17,7 +18,9 @@ from pathlib import Path
 import requests
 import urllib3
 
-from common import UserError, log
+from kit.files import UserError
+
+log = logging.getLogger(__name__)
 
 RULES_URL = "https://www.kaggle.com/competitions/{}/rules"
 SUBMISSIONS_URL = "https://www.kaggle.com/competitions/{}/submissions"
@@ -28,8 +31,8 @@ NETWORK = ("cannot reach Kaggle (network unreachable or connection refused): che
            "connection or proxy; inside a Kaggle notebook nothing needs downloading, "
            "the competition data is read from /kaggle/input")
 
-
 # ---------------------------------------------------------------- the client
+
 
 @functools.cache
 def _api():
@@ -44,14 +47,18 @@ def _api():
     try:
         with contextlib.redirect_stdout(said), _errors(competition=None), _client_not_verbose():
             from kaggle.api.kaggle_api_extended import KaggleApi
+
             api = KaggleApi()
             api.authenticate()
     except ImportError:
-        raise UserError("the kaggle package is not installed: pip install -r requirements.txt") from None
+        raise UserError(
+            "the kaggle package is not installed: pip install -r requirements.txt") from None
     except SystemExit:
         if os.environ.get("KAGGLE_API_TOKEN"):  # set, but the client found it invalid or expired
-            raise UserError(f"Kaggle did not accept the token in KAGGLE_API_TOKEN: {TOKEN_HELP}") from None
-        raise UserError(f"no Kaggle credentials found (looked for {KaggleApi.config}): {TOKEN_HELP}") from None
+            raise UserError(
+                f"Kaggle did not accept the token in KAGGLE_API_TOKEN: {TOKEN_HELP}") from None
+        raise UserError(
+            f"no Kaggle credentials found (looked for {KaggleApi.config}): {TOKEN_HELP}") from None
     if "chmod 600" in said.getvalue():  # the client's warning that kaggle.json is world-readable
         log.warning(f"warning: {api.config} is readable by other users: run chmod 600 {api.config}")
     api.args = [a for a in api.args if a not in ("--verbose", "-v")]
@@ -84,10 +91,13 @@ def _errors(competition):
 def _http_message(e, competition):
     code = e.response.status_code if e.response is not None else None
     if code == 401:
-        return f"Kaggle rejected the credentials (HTTP 401): they are wrong or expired; {TOKEN_HELP}"
+        return (
+            f"Kaggle rejected the credentials (HTTP 401): they are wrong or expired; {TOKEN_HELP}")
     if code == 403 and competition:
-        return (f"Kaggle refused access to {competition} (HTTP 403): accept the competition rules at "
-                f"{RULES_URL.format(competition)} (this cannot be done through the API), then run again")
+        return (
+            f"Kaggle refused access to {competition} (HTTP 403): accept the competition rules at "
+            f"{RULES_URL.format(competition)} (this cannot be done through the API), then run again"
+        )
     if code == 404 and competition:
         return (f"competition {competition!r} not found on Kaggle (HTTP 404): "
                 "check the competition name (the slug in its URL)")
@@ -117,6 +127,7 @@ def username():
 
 # ---------------------------------------------------------------- download
 
+
 def download(competition, raw_dir, quiet=False):
     """Download the competition's zip into raw_dir (not extracted) and return its path."""
     raw_dir = Path(raw_dir)
@@ -140,11 +151,12 @@ def download(competition, raw_dir, quiet=False):
         # The connection dropped mid-file (the client already retried) or the sizes disagree.
         raise UserError(f"download of {competition} was corrupt or truncated: run again") from None
     except OSError as e:  # requests' errors are OSErrors too, but _errors has handled those
-        raise UserError(f"cannot write the download into {partial_dir} ({e.strerror or 'I/O error'}): "
-                        "check free disk space and permissions") from None
+        raise UserError(
+            f"cannot write the download into {partial_dir} ({e.strerror or 'I/O error'}): "
+            "check free disk space and permissions") from None
     finally:
         with contextlib.suppress(OSError):  # refused (401, 403...): nothing to resume from
-            partial_dir.rmdir()              # only succeeds when empty
+            partial_dir.rmdir()  # only succeeds when empty
 
     got = partial_dir / f"{competition}.zip"
     if not quiet:
@@ -167,8 +179,10 @@ def _is_valid_zip(path):
 
 # ---------------------------------------------------------------- submissions
 
+
 def submit(competition, csv_path, message, timeout=600, poll_every=10, quiet=False):
-    """Upload csv_path, wait until Kaggle scores it, return the public score (None if it has none)."""
+    """Upload csv_path, wait until Kaggle scores it, return the public score (None if it has
+    none)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise UserError(f"{csv_path} not found: write the submission file first (predict.py)")
@@ -178,8 +192,9 @@ def submit(competition, csv_path, message, timeout=600, poll_every=10, quiet=Fal
     # kaggle 2.2.4 reports a failed upload by a reply, not an exception: an
     # ApiCreateSubmissionResponse (the CLI wrapper: a plain string) saying this.
     if getattr(result, "message", result) == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
-        raise UserError(f"upload of {csv_path} to Kaggle failed: run again, or submit the file by hand "
-                        f"at https://www.kaggle.com/competitions/{competition}/submit")
+        raise UserError(
+            f"upload of {csv_path} to Kaggle failed: run again, or submit the file by hand "
+            f"at https://www.kaggle.com/competitions/{competition}/submit")
     if not quiet:
         log.info(f"submitted {csv_path}; waiting for Kaggle to score it")
     try:
@@ -217,7 +232,7 @@ def submissions(competition):
         "description": s.description or "",
         "status": s.status.name.lower(),
         "public_score": _score(s.public_score),
-        "private_score": _score(s.private_score),
+        "private_score": _score(s.private_score)
     } for s in subs]
 
 

@@ -1,0 +1,133 @@
+"""The arrays data.py writes into --workdir and the later steps read: their names, how they
+are written together, and how they are read back and checked.
+
+    imgs_train.npy          (N, H, W[, 3]) uint8    training images
+    imgs_mask_train.npy     (N, H, W) uint8         their masks: 0/1, or labels 0..K
+    imgs_subject_train.npy  (N,)                    subject of each frame (folds never split one)
+    imgs_test.npy           (M, H, W[, 3]) uint8    test images
+    imgs_id_test.npy        (M,)                    their ids, sorted
+    imgs_size_<split>.npy   (N, 2)                  each image's own (H, W), where sizes differ
+    imgs_truth_test.npy     (M, H, W) uint8         test masks, where given (scored locally)
+    imgs_mask_test.npy      (M, H, W) uint8         the final test masks (predict.py)
+    data.json               {"classes": K}          foreground classes of the masks
+"""
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from kit import images
+from kit.files import UserError, atomic_path, load_npy
+
+log = logging.getLogger(__name__)
+
+TRAIN_IMAGES, TRAIN_MASKS, SUBJECTS = "imgs_train", "imgs_mask_train", "imgs_subject_train"
+TEST_IMAGES, TEST_IDS, TEST_TRUTH = "imgs_test", "imgs_id_test", "imgs_truth_test"
+TEST_MASKS = "imgs_mask_test"
+ALWAYS = (TRAIN_IMAGES, TRAIN_MASKS, SUBJECTS, TEST_IMAGES, TEST_IDS)
+RERUN = "run `python data.py` again"
+FIRST = "run `python data.py` first"
+
+
+def size_name(split):
+    return f"imgs_size_{split}"
+
+
+def path(work, name):
+    return Path(work) / f"{name}.npy"
+
+
+@contextlib.contextmanager
+def writing(work, names, classes):
+    """Temporary paths {name: path} for a data.py run's arrays; on success they all appear
+    together, with data.json, and no array of an earlier run that this one lacks lingers."""
+    names = list(ALWAYS) + [n for n in names if n not in ALWAYS]
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(atomic_path(path(work, name))) for name in names}
+        with atomic_path(Path(work) / "data.json") as info:
+            info.write_text(json.dumps({"classes": classes}, indent=2))
+    for name in {size_name("train"), size_name("test"), TEST_TRUTH} - set(names):
+        path(work, name).unlink(missing_ok=True)
+
+
+def load(work, name, what, fix=FIRST, mmap=False):
+    return load_npy(path(work, name), what, fix, mmap)
+
+
+def load_training_set(work):
+    images = load(work, TRAIN_IMAGES, "image array", mmap=True)
+    masks = load(work, TRAIN_MASKS, "mask array", mmap=True)
+    subjects = load(work, SUBJECTS, "subject array")
+    if images.shape[:3] != masks.shape[:3] or len(subjects) != len(images):
+        raise UserError(f"the arrays in {work} do not match ({images.shape}, {masks.shape}, "
+                        f"{subjects.shape}): {RERUN}")
+    if images.dtype != "uint8" or masks.dtype != "uint8":
+        raise UserError(f"the arrays in {work} are not uint8: {RERUN}")
+    return images, masks, subjects
+
+
+def load_test_set(work):
+    images = load(work, TEST_IMAGES, "test image array", mmap=True)
+    ids = load(work, TEST_IDS, "test id array")
+    if len(ids) != len(images):
+        raise UserError(f"{path(work, TEST_IMAGES)} and {TEST_IDS}.npy disagree: {RERUN}")
+    return images, ids
+
+
+def load_sizes(work, split, n):
+    """Each image's own (H, W) where a set mixes sizes, else None (all are the arrays' size)."""
+    if not path(work, size_name(split)).exists():
+        return None
+    sizes = load(work, size_name(split), "size array", RERUN)
+    if sizes.shape != (n, 2):
+        raise UserError(
+            f"{path(work, size_name(split))} holds {sizes.shape} sizes for {n} images: {RERUN}")
+    return sizes
+
+
+def load_classes(work):
+    """Foreground classes of the masks: 1 for binary masks, K for labels 0..K."""
+    info = Path(work) / "data.json"
+    return int(json.loads(info.read_text())["classes"]) if info.exists() else 1
+
+
+# ---------------------------------------------------------------- writing a whole run
+
+
+def image_sizes(items, one_size):
+    """Each item's (H, W): from every header, or (one_size) the first image's for all."""
+    if one_size:  # checked as each image decodes: no second read of every file
+        return np.tile(images.image_size(items[0][1]), (len(items), 1)).astype(np.int32)
+    return np.array([images.image_size(image) for _, image, _ in items], np.int32).reshape(-1, 2)
+
+
+def write_sets(sets, work, args, one_size):
+    """Decode both sets (kit/layouts.py) into the arrays, which appear together once every file
+    decoded. args: data.py's channels, classes, label_map, workers and quiet."""
+    table = images.label_table(args.classes, args.label_map)
+    sizes = {"train": image_sizes(sets.train, one_size), "test": image_sizes(sets.test, one_size)}
+    mixed = [split for split in sizes if len(np.unique(sizes[split], axis=0)) > 1]
+    names = [size_name(split) for split in mixed] + [TEST_TRUTH] * sets.scored
+    with writing(work, names, args.classes) as out:
+        decode = dict(channels=args.channels, table=table, workers=args.workers, quiet=args.quiet,
+                      one_size=one_size)
+        images.decode_set({
+            "images": out[TRAIN_IMAGES],
+            "masks": out[TRAIN_MASKS]
+        }, sets.train, sizes["train"], desc="train", **decode)
+        test_out = {"images": out[TEST_IMAGES]}
+        if sets.scored:
+            test_out["masks"] = out[TEST_TRUTH]
+        images.decode_set(test_out, sets.test, sizes["test"], desc="test", **decode)
+        np.save(out[SUBJECTS], sets.subjects)
+        np.save(out[TEST_IDS], sets.ids)
+        for split in mixed:
+            np.save(out[size_name(split)], sizes[split])
+    kinds = len(np.unique(np.concatenate(list(sizes.values())), axis=0))
+    log.info(f"{len(sets.train)} training images of {len(set(sets.subjects.tolist()))} subjects, "
+             f"{len(sets.test)} test images ({kinds} size(s), {args.channels} channel(s), "
+             f"{args.classes} foreground class(es)){', test masks kept' if sets.scored else ''}"
+             f" -> {work}")

@@ -1,0 +1,271 @@
+"""Callbacks of a training run: the whole training state after every epoch (for --resume),
+the time budget, the learning-rate schedule fitted into it, and the curves drawn as it goes.
+
+Interrupted training, and train.py --resume:
+
+While fold i trains, model/backup_fold<i>/ holds state.json (epochs done, the best score so far,
+the last epoch's logs, the random generators' states, the options that must not change) and the
+weights it names: the model's and optimizer's after the last epoch, and the best epoch's model.
+Each file is renamed into place and state.json last, so a run killed at any moment leaves the
+last completed epoch intact. An epoch cut short (time limit, Ctrl-C) is never saved: resuming
+starts it again. The data order and augmentation depend only on (seed, epoch, step) (see
+kit/dataset.py), so a resumed run ends as an uninterrupted one with the same seed would.
+"""
+
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kit import figures
+from kit.files import UserError, atomic_path
+
+log = logging.getLogger(__name__)
+
+STATE = "state.json"
+
+
+def rng_variables(model):
+    """The states of the model's random generators (dropout): not in Keras' weight files."""
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
+class TrainingState(keras.callbacks.Callback):
+    """Saves the training state after every complete epoch, keeps the best epoch's weights, and
+    stops when `monitor` has not risen for `patience` epochs: the jobs of BackupAndRestore,
+    ModelCheckpoint and EarlyStopping, done so that all of their state survives an interruption."""
+
+    def __init__(self, folder, options, patience, monitor="val_dice"):
+        super().__init__()
+        self.folder, self.options = Path(folder), json.loads(json.dumps(options, default=str))
+        self.patience, self.monitor = patience, monitor
+        self.state = {
+            "epoch": 0,
+            "best": -math.inf,
+            "best_epoch": -1,
+            "weights": None,
+            "best_weights": None,
+            "stopped": False,
+            "done": False,
+            "logs": {},
+            "options": self.options
+        }
+
+    # ------------------------------------------------------------ on disk
+
+    def saved(self):
+        """The saved state, or None."""
+        path = self.folder / STATE
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (ValueError, OSError) as e:
+            raise UserError(
+                f"{path} is unreadable ({e}): delete {self.folder} to start this fold afresh"
+            ) from None
+
+    def describe(self, state):
+        return f"{self.folder} holds an interrupted run ({state['epoch']} epochs done)"
+
+    def check_options(self, state):
+        for key, value in self.options.items():
+            old = state["options"].get(key)
+            if old == value:
+                continue
+            if key.startswith("--"):
+                raise UserError(
+                    f"cannot resume: {key} was {old} in the interrupted run, now {value}: "
+                    f"use the interrupted run's options, or delete {self.folder} to start afresh")
+            raise UserError(
+                f"cannot resume: the training data changed since the interrupted run ({key} "
+                f"{old}, now {value}): run `python data.py` as before, or delete "
+                f"{self.folder} to start afresh")
+
+    def restore(self, model):
+        """Load the saved state into the compiled `model`; returns the number of completed
+        epochs."""
+        state = self.saved()
+        self.check_options(state)
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        if state["weights"]:
+            self.load_weights(model, state["weights"])
+        for variable, value in zip(rng_variables(model), state.get("rng", [])):
+            variable.assign(np.asarray(value, variable.dtype))
+        self.state = state
+        return state["epoch"]
+
+    def load_weights(self, model, name):
+        try:
+            model.load_weights(self.folder / name)
+        except (ValueError, OSError) as e:
+            raise UserError(
+                f"{self.folder / name} cannot be loaded ({str(e).splitlines()[0][:100]}): "
+                f"delete {self.folder} to start this fold afresh") from None
+
+    def load_best(self, model):
+        """The best complete epoch's weights into `model`; False when no epoch completed."""
+        if not self.state["best_weights"]:
+            return False
+        self.load_weights(model, self.state["best_weights"])
+        return True
+
+    def save(self, **changes):
+        self.state.update(changes)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.folder / STATE) as tmp:  # the commit point
+            tmp.write_text(json.dumps(self.state, indent=1))
+        keep = {STATE, self.state["weights"], self.state["best_weights"]}
+        for old in self.folder.iterdir():  # older epochs, and what a killed run was writing
+            if old.name not in keep:
+                old.unlink()
+
+    def save_weights(self, name):
+        with atomic_path(self.folder / name) as tmp:
+            self.model.save_weights(tmp)
+        return name
+
+    # ------------------------------------------------------------ callback
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not (logs or {}).get("complete", 1):
+            return  # cut short (MarkCompleteEpochs): not comparable, not a state to resume from
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        best, best_epoch, best_weights = (self.state["best"], self.state["best_epoch"],
+                                          self.state["best_weights"])
+        score = logs.get(self.monitor, -math.inf)
+        if score > best:
+            best, best_epoch = score, epoch
+            best_weights = self.save_weights(f"best{epoch + 1}.weights.h5")
+        stopped = epoch - best_epoch >= self.patience
+        self.model.stop_training |= stopped
+        weights = self.save_weights(f"epoch{epoch + 1}.weights.h5")
+        self.save(epoch=epoch + 1, best=best, best_epoch=best_epoch, best_weights=best_weights,
+                  weights=weights, stopped=stopped, logs=logs,
+                  rng=[np.asarray(v).tolist() for v in rng_variables(self.model)])
+
+
+def truncate_history(path, epochs):
+    """Keep the header and the first `epochs` rows of a CSVLogger file: later rows belong to
+    epochs that were cut short or never saved, and will be trained again."""
+    if not path.exists():
+        return
+    lines = path.read_bytes().splitlines(keepends=True)[:1 +
+                                                        epochs]  # bytes: keep the csv module's \r\n
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(b"".join(lines))
+
+
+class StopOnDeadlineOrSignal(keras.callbacks.Callback):
+    """Stops after the current step when the time budget is spent or on SIGINT/SIGTERM."""
+
+    def __init__(self, deadline):
+        super().__init__()
+        self.deadline, self.signalled = deadline, None
+
+    def on_train_begin(self, logs=None):
+        self.previous = {
+            sig: signal.signal(sig, self.request)
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+
+    def on_train_end(self, logs=None):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def request(self, signum, frame):
+        log.warning(
+            f"{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to abort)")
+        self.signalled = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.signalled or (self.deadline and time.time() > self.deadline):
+            self.model.stop_training = True
+
+
+class PlanEpochs(keras.callbacks.Callback):
+    """Fits the schedule into the time limit: times the second epoch (the first also
+    compiles), plans how many epochs remain, and stops when the plan is done."""
+
+    def __init__(self, most_epochs, deadline, planned=None):
+        super().__init__()
+        self.most, self.deadline = most_epochs, deadline
+        self.planned_epochs = int(planned or most_epochs)
+        self.planned = planned is not None or not deadline  # a resumed run keeps its plan
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.planned and epoch >= 1:
+            left = max(0.0, self.deadline - time.time())
+            fits = epoch + 1 + int(left / (time.time() - self.started))
+            self.planned_epochs = max(epoch + 1, min(self.most, fits))
+            self.planned = True
+            log.debug(f"planned {self.planned_epochs} epochs")
+        if logs is not None:
+            logs["planned_epochs"] = self.planned_epochs
+        if epoch + 1 >= self.planned_epochs:
+            self.model.stop_training = True
+
+
+class MarkCompleteEpochs(keras.callbacks.Callback):
+    """Logs complete=1 for an epoch that ran all its steps, 0 for one cut short (time limit,
+    Ctrl-C): such an epoch is logged, but never kept or resumed from. Put it first."""
+
+    def __init__(self, steps_per_epoch):
+        super().__init__()
+        self.steps_per_epoch = steps_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["complete"] = float(self.steps >= self.steps_per_epoch)
+
+
+class PlotCurves(keras.callbacks.Callback):
+    """Redraws the curves PNG from the history CSV after every epoch (put it after the
+    CSVLogger)."""
+
+    def __init__(self, history, png):
+        super().__init__()
+        self.history, self.png = history, png
+
+    def on_epoch_end(self, epoch, logs=None):
+        figures.plot_curves([self.history], self.png)
+
+
+def tensorboard(log_dir):
+    try:
+        import tensorboard  # noqa: F401  (Keras needs it, and fails only at the first epoch's end)
+    except ImportError:
+        raise UserError(
+            "--tensorboard needs the tensorboard package: `pip install tensorboard`") from None
+    return keras.callbacks.TensorBoard(log_dir)
+
+
+def lr_schedule(lr, kind, planner, warmup=2):
+    """Constant, or a linear warm-up then a cosine decay over the planned epochs to 2% of lr."""
+
+    def schedule(epoch, _):
+        if kind == "constant":
+            return lr
+        if epoch < warmup:
+            return lr * (epoch + 1) / warmup
+        progress = min(1.0, (epoch - warmup) / max(1, planner.planned_epochs - warmup))
+        return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    return schedule

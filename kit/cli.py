@@ -1,0 +1,99 @@
+"""What every script shares on the command line: its common flags, quiet logs, one-line
+errors instead of tracebacks, progress bars."""
+
+import argparse
+import errno
+import logging
+import os
+import sys
+from pathlib import Path
+
+from kit.files import UserError, default_raw, default_workdir
+
+VERBOSE = bool({"-v", "--verbose"} & set(sys.argv))
+OUT_OF_MEMORY = (
+    "out of memory: lower --batch-size (train.py, predict.py), --image-size (train.py) "
+    "or --chunk (predict.py), or close other programs")
+
+
+def import_tensorflow():
+    """Import TensorFlow with its C++ start-up messages hidden unless -v: they are printed
+    before its logging is set up, so TF_CPP_MIN_LOG_LEVEL alone does not silence them."""
+    if VERBOSE:
+        import tensorflow as tf
+
+        return tf
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # device probing logs too
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return tf
+
+
+def parser(doc):
+    """The flags every step takes; -h shows each option's default."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--raw", type=Path, default=default_raw(), help="competition files")
+    p.add_argument("--workdir", type=Path, default=default_workdir(),
+                   help="arrays, models, outputs")
+    p.add_argument("-v", "--verbose", action="store_true", help="framework logs and tracebacks")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    return p
+
+
+def setup_logging(args):
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout)
+    if not args.verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def explain(e):
+    """One line saying what went wrong and what to do, for the failures a user can fix."""
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, MemoryError) or type(e).__name__ == "ResourceExhaustedError":  # TF's, GPU too
+        return OUT_OF_MEMORY
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename else ""
+        what = e.strerror or str(e).splitlines()[0]
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"{where}{what}: free some disk space, or use a --workdir on another disk"
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return (f"{where}{what}: use a --workdir (and --raw) you can write to, "
+                    f"or fix its permissions")
+        return f"{where}{what}: check the path, its permissions and the free disk space"
+    return None
+
+
+def run(main):
+    """Run a script's main(): errors the user can fix become one line and exit code 2
+    (a traceback only with -v); nothing half-written is left behind (see files.atomic_path)."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        message = explain(e)
+        if VERBOSE or message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def progress(iterable=None, quiet=False, **kwargs):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=quiet, dynamic_ncols=True, **kwargs)

@@ -1,0 +1,202 @@
+"""Training data: subject-grouped folds, the working size, and the tf.data pipelines that feed
+model.fit (whole images at the working size, or random patches of large images)."""
+
+import logging
+import math
+
+import numpy as np
+
+from kit.augment import make_augmenter
+from kit.cli import import_tensorflow
+from kit.images import resize_stack
+
+tf = import_tensorflow()
+log = logging.getLogger(__name__)
+
+
+def choose_image_size(masks, time_limit, depth, sizes=None):
+    """Working size from the objects' size: the smallest scale that keeps a typical object
+    about 24 pixels across, never above 256 pixels on the long side (or 160 on a tight budget)."""
+    h, w = np.median(sizes, axis=0) if sizes is not None else masks.shape[1:3]
+    sample = masks[::max(1, len(masks) // 500)]
+    areas = (sample.reshape(len(sample), -1) > 0).sum(1)
+    areas = areas[areas > 0]
+    diameter = 2 * math.sqrt(np.median(areas) / math.pi) if len(areas) else min(h, w)
+    scale = min(1.0, 24 / diameter)
+    longest = 160 if 0 < time_limit <= 1200 else 256
+    scale = min(max(scale, 64 / min(h, w)), longest / max(h, w))
+    step = 2**depth
+    return [max(step, round(h * scale / step) * step), max(step, round(w * scale / step) * step)]
+
+
+def subject_folds(subjects, k, seed):
+    """Fold index of every frame; frames of one subject always share a fold."""
+    unique, counts = np.unique(subjects, return_counts=True)
+    if len(unique) < k:
+        # Consecutive frames are near-duplicates: contiguous blocks are the next best split.
+        log.warning(f"{len(unique)} subject(s) cannot make {k} subject-grouped folds: "
+                    f"validating on blocks of consecutive frames instead")
+        return np.arange(len(subjects)) * k // len(subjects)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(unique))
+    sizes = np.zeros(k)
+    fold_of = {}
+    for i in sorted(order, key=lambda i: -counts[i]):  # largest subjects first: balanced folds
+        fold = int(np.argmin(sizes))
+        fold_of[unique[i]] = fold
+        sizes[fold] += counts[i]
+    return np.array([fold_of[s] for s in subjects])
+
+
+def steps_per_epoch(n, batch_size, drop_remainder):
+    batch_size = min(batch_size, n)
+    return n // batch_size if drop_remainder else math.ceil(n / batch_size)
+
+
+def dataset(images, masks, batch_size, seed=0, epochs=range(1), classes=1, shuffle=False,
+            augment=False):
+    """The batches of every epoch in `epochs`, one epoch after the other. Each epoch is
+    shuffled and augmented from (seed, epoch, step) alone, with stateless ops: a resumed run
+    sees exactly the batches an uninterrupted one would have. Augmented epochs drop the last,
+    partial batch."""
+    n = len(images)
+    batch_size = min(batch_size, n)
+    steps = steps_per_epoch(n, batch_size, augment)
+    x = tf.constant(images[..., None] if images.ndim == 3 else images)
+    y = tf.constant(masks[..., None])
+    augmenter = make_augmenter(seed)
+
+    def one_epoch(epoch):
+        key = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order = tf.argsort(tf.random.stateless_uniform([n], key)) if shuffle else tf.range(n)
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size,
+                                                                  drop_remainder=augment)
+        steps_of_epoch = tf.data.Dataset.range(epoch * steps, (epoch + 1) * steps)
+        return tf.data.Dataset.zip((steps_of_epoch, batches))
+
+    def load(step, index):
+        images = tf.cast(tf.gather(x, index), tf.float32)
+        masks = targets(tf.gather(y, index), classes)
+        return augmenter(step, images, masks) if augment else (images, masks)
+
+    ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(one_epoch)
+    # flat_map hides the length from Keras: say it
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(epochs) * steps))
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def targets(masks, classes):
+    """Binary masks as they are, label masks one-hot (so that augmentation may blend them)."""
+    if classes == 1:
+        return tf.cast(masks, tf.float32)
+    return tf.one_hot(tf.cast(masks[..., 0], tf.int32), classes + 1)
+
+
+def batches(ds, batch_size, drop_remainder, augment, seed, classes):
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), targets(y, classes)))
+    if augment:
+        augmenter = make_augmenter(seed)
+        ds = ds.enumerate().map(lambda i, xy: augmenter(i, *xy),
+                                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def resize_masks(masks, size, classes, sizes=None):
+    """Masks at the working size: area-averaging 0/1 then rounding is a majority vote; label
+    masks take the class with the largest area-averaged share of each working pixel."""
+    if classes == 1:
+        return resize_stack(masks, size, "area", crop=sizes)
+    shares = [
+        resize_stack((np.asarray(masks) == c).view(np.uint8) * np.uint8(255), size, "area",
+                     crop=sizes) for c in range(classes + 1)
+    ]
+    return np.argmax(np.stack(shares, axis=-1), axis=-1).astype(np.uint8)
+
+
+def class_weights(masks, classes, sizes=None):
+    """Median-frequency balancing of label masks: each class weighs median frequency / its
+    frequency (for weighted_cce). sizes: count each mask's own part only."""
+    if classes == 1:
+        return None
+    counts = np.zeros(classes + 1)
+    for i, mask in enumerate(masks):
+        own = mask if sizes is None else mask[:sizes[i][0], :sizes[i][1]]
+        counts += np.bincount(np.asarray(own).ravel(), minlength=classes + 1)[:classes + 1]
+    freq = counts / counts.sum()
+    return (np.where(freq > 0,
+                     np.median(freq[freq > 0]) / np.maximum(freq, 1e-12), 1.0).round(4).tolist())
+
+
+def crop_patch(image, mask, size, patch, y, x):
+    """A patch x patch crop of an image's own part (size: its H, W), mirrored where the image is
+    smaller."""
+    h, w = size
+    image, mask = (image[y:min(h, y + patch), x:min(w, x + patch)], mask[y:min(h, y + patch),
+                                                                         x:min(w, x + patch)])
+    pad = [(0, patch - image.shape[0]), (0, patch - image.shape[1])]
+    if pad[0][1] or pad[1][1]:
+        image = np.pad(image, pad + [(0, 0)] * (image.ndim - 2), mode="symmetric")
+        mask = np.pad(mask, pad, mode="symmetric")
+    return image, mask
+
+
+def random_patches(images, masks, sizes, patch, batch_size, seed, classes):
+    """An epoch of random patches, as many as the images hold pixels (patches of large images
+    are drawn more often), each epoch new ones."""
+    areas = sizes.prod(1).astype(float)
+    count = max(batch_size, int(areas.sum() // patch**2) // batch_size * batch_size)
+    rng = np.random.default_rng(seed)
+
+    def generate():
+        for i in rng.choice(len(images), count, p=areas / areas.sum()):
+            h, w = sizes[i]
+            y, x = rng.integers(0, max(1, h - patch + 1)), rng.integers(0, max(1, w - patch + 1))
+            image, mask = crop_patch(images[i], masks[i], sizes[i], patch, y, x)
+            yield image[..., None] if image.ndim == 2 else image, mask[..., None]
+
+    channels = images.shape[3] if images.ndim == 4 else 1
+    ds = tf.data.Dataset.from_generator(
+        generate, output_signature=(tf.TensorSpec(
+            (patch, patch, channels), tf.uint8), tf.TensorSpec((patch, patch, 1), tf.uint8)))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(count))
+    return batches(ds, batch_size, True, True, seed, classes)
+
+
+def grid_patches(images, masks, sizes, patch):
+    """Every image cut into patches that cover it (the last row and column aligned to its end)."""
+    xs, ys = [], []
+    for image, mask, (h, w) in zip(images, masks, sizes):
+        for y in sorted({*range(0, max(1, h - patch + 1), patch), max(0, h - patch)}):
+            for x in sorted({*range(0, max(1, w - patch + 1), patch), max(0, w - patch)}):
+                a, b = crop_patch(image, mask, (h, w), patch, y, x)
+                xs.append(a)
+                ys.append(b)
+    return np.stack(xs), np.stack(ys)
+
+
+def pixel_statistics(images, sizes, most=200):
+    """Mean and standard deviation of the pixels of (up to `most`) images' own parts."""
+    step = max(1, len(images) // most)
+    pixels = np.concatenate([
+        np.asarray(images[i, :h:2, :w:2], np.float32).ravel()
+        for i, (h, w) in list(enumerate(sizes))[::step]
+    ])
+    return float(pixels.mean()), float(pixels.std()) or 1.0
+
+
+def fold_datasets(s, fold, x_train, y_train, x_val, y_val, sizes, first):
+    """Training batches of the epochs from `first` on, validation batches, steps per epoch;
+    s: train.py's settings."""
+    if not s.patch:
+        steps = steps_per_epoch(len(x_train), s.batch_size, s.augment)
+        train = dataset(x_train, y_train, s.batch_size, s.seed + fold, range(first, s.epochs),
+                        s.classes, shuffle=True, augment=s.augment)
+        return train, dataset(x_val, y_val, s.batch_size * 2, classes=s.classes), steps
+    # Random patches come from a generator: resumption continues with fresh draws, not the same.
+    train = random_patches(x_train, y_train, sizes[0], s.patch, s.batch_size, s.seed + fold,
+                           s.classes)
+    steps = int(train.cardinality())
+    val = dataset(*grid_patches(x_val, y_val, sizes[1], s.patch), s.batch_size * 2,
+                  classes=s.classes)
+    return train.repeat(), val, steps

@@ -1,0 +1,234 @@
+"""Pixels: one reader for the images and masks of every layout, decoding a whole set in
+parallel straight into memory-mapped arrays, and resizing stacks of images.
+
+OpenCV decodes (it is fast, drops the GIL, and reads the competition's LZW TIFFs); Pillow
+steps in only where OpenCV cannot serve: the label indices of palette masks, and formats
+OpenCV lacks."""
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from kit.cli import progress
+from kit.files import UserError, atomic_path
+
+log = logging.getLogger(__name__)
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+said_colour = []  # warn about colour images once a run, not once an image
+
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # errors: one line, below
+
+# ---------------------------------------------------------------- one file
+
+
+def check_tiff(path):
+    if path.suffix.lower() in (".tif", ".tiff"):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head not in TIFF_MAGIC:
+            raise UserError(
+                f"{path} is not a TIFF file (it starts with {head!r}): replace it with the original"
+            )
+
+
+def pillow(path, palette=False):
+    """The file through Pillow: as stored for a palette image (its indices), else as arrays."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("P", "PA", "1", "L", "LA") and (palette or image.mode != "P"):
+                return np.asarray(image if image.mode in ("P", "1", "L") else image.getchannel(0),
+                                  np.uint8)
+            if image.mode not in ("RGB", "RGBA", "CMYK", "YCbCr", "P"):
+                return np.asarray(image)  # 16-bit and float modes: refused by the caller
+            return np.asarray(image.convert("RGB"))[..., ::-1].copy()  # BGR, as OpenCV's
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(
+            f"{path} cannot be decoded (corrupt or truncated: {e}): replace it with the original"
+        ) from None
+
+
+def is_palette(path):
+    if path.suffix.lower() not in (".png", ".gif"):
+        return False
+    try:
+        with Image.open(path) as image:  # the header only
+            return image.mode in ("P", "PA")
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def decode(path, palette=False):
+    """The pixels of one file, channels in OpenCV's BGR(A) order; with palette, a palette
+    image's indices rather than its colours."""
+    check_tiff(path)
+    if palette and is_palette(path):
+        return pillow(path, palette=True)
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    image = pillow(path) if image is None else image
+    if image.dtype != np.uint8:
+        raise UserError(f"{path} is {image.dtype}, not 8-bit: convert it to 8-bit grayscale or RGB")
+    return image
+
+
+def image_size(path):
+    """(H, W) from the file's header, without decoding it."""
+    check_tiff(path)
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path} cannot be decoded ({e}): replace it with the original") from None
+
+
+def read_image(path, channels=1):
+    """(H, W) grayscale or (H, W, 3) RGB, uint8."""
+    image = decode(path)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if channels == 3:
+        code = (cv2.COLOR_GRAY2RGB if image.ndim == 2 else
+                (cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB))
+        return cv2.cvtColor(image, code)
+    if image.ndim == 3:
+        gray = cv2.cvtColor(image,
+                            cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+        if not said_colour and (image[..., :3] != image[..., :1]).any():
+            said_colour.append(path)
+            log.warning(f"warning: {path} is a colour image: colour images are converted to "
+                        f"grayscale (data.py --channels 3 keeps colour)")
+        image = gray
+    return image
+
+
+def label_table(classes, label_map=()):
+    """Lookup table from mask values to classes; -1 marks values a mask may not hold."""
+    table = np.full(256, -1, np.int16)
+    table[:classes + 1] = np.arange(classes + 1)
+    if classes == 1:
+        table[255] = 1
+    for item in label_map:
+        try:
+            source, target = map(int, item.split(":"))
+        except ValueError:
+            raise UserError(
+                f"--label-map {item}: write FROM:TO with integers, e.g. 255:1") from None
+        if not (0 <= source <= 255 and 0 <= target <= classes):
+            raise UserError(f"--label-map {item}: FROM must be 0..255 and TO a class 0..{classes}")
+        table[source] = target
+    return table
+
+
+def mask_values(path):
+    """A mask file's values: single-channel, palette indices, or gray stored as colour."""
+    values = decode(path, palette=True)
+    if values.ndim == 3:
+        if (values[..., :3] != values[..., :1]).any():
+            raise UserError(
+                f"{path} is a colour mask: save masks as single-channel (or palette) images")
+        values = values[..., 0]
+    return values
+
+
+def read_mask(paths, image_path, shape, table):
+    """One label mask from one file, or from several instance masks merged (the largest label
+    wins), each checked against the image's size and the values a mask may hold."""
+    classes = int(table.max())
+    merged = np.zeros(shape, np.uint8)
+    for path in paths:
+        values = mask_values(path)
+        if path.suffix.lower() in (".jpg", ".jpeg") and classes == 1:
+            values = np.where(values > 127, 255, 0).astype(np.uint8)  # JPEG blurs the two values
+        if values.shape != tuple(shape):
+            raise UserError(f"{path} is {values.shape[1]}x{values.shape[0]} but its image "
+                            f"{image_path.name} is {shape[1]}x{shape[0]}: a mask must have its "
+                            f"image's size")
+        labels = table[values]
+        if (labels < 0).any():
+            raise UserError(bad_values_message(path, values[labels < 0], classes))
+        np.maximum(merged, labels.astype(np.uint8), out=merged)
+    return merged
+
+
+def bad_values_message(path, bad, classes):
+    bad = np.unique(bad)[:6].tolist()
+    if classes == 1:
+        return (f"{path} is not a binary mask (values {bad}...): masks must hold 0 and 255 "
+                f"(or 0 and 1); for label masks set --classes, or remap with --label-map")
+    return (f"{path} holds values {bad}: masks must hold 0..{classes}; set --classes, "
+            f"or remap with --label-map")
+
+
+# ---------------------------------------------------------------- a whole set
+
+
+def decode_set(out, items, sizes, channels, table, workers, quiet, desc, one_size=False):
+    """Decode items [(id, image, [masks])] onto a canvas as large as the largest image
+    (top-left, zero elsewhere), into memory-mapped .npy files out["images"] (and out["masks"]):
+    one copy in memory at most, every core decoding. one_size: all must have the first's size."""
+    canvas = tuple(int(n) for n in sizes.max(0))
+    color = (3, ) if channels == 3 else ()
+    images = np.lib.format.open_memmap(out["images"], mode="w+", dtype=np.uint8,
+                                       shape=(len(items), *canvas, *color))
+    masks = None
+    if "masks" in out:
+        masks = np.lib.format.open_memmap(out["masks"], mode="w+", dtype=np.uint8,
+                                          shape=(len(items), *canvas))
+
+    def load(i):
+        _, image_path, mask_paths = items[i]
+        image = read_image(image_path, channels)
+        h, w = sizes[i]
+        if image.shape[:2] != (h, w):
+            rule = (f"{items[0][1]} is {w}x{h}: all images of a set must share one size"
+                    if one_size else f"its header says {w}x{h}: replace it with the original")
+            raise UserError(f"{image_path} is {image.shape[1]}x{image.shape[0]} but {rule}")
+        images[i, :h, :w] = image
+        if masks is not None:
+            masks[i, :h, :w] = read_mask(mask_paths, image_path, (h, w), table)
+
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in progress(pool.map(load, range(len(items))), quiet, total=len(items), desc=desc):
+            pass
+
+
+# ---------------------------------------------------------------- resizing
+
+
+def resize_stack(images, size, interpolation, out=None, crop=None, place=None):
+    """Resize a stack of images (N, H, W[, C]) to size (H, W), in parallel threads (OpenCV drops
+    the GIL). Sets of mixed sizes lie top-left on a common canvas, with each one's size:
+    crop=sizes resizes each image's own part, place=sizes resizes each to its own size on
+    the canvas."""
+    h, w = size
+    if out is None:
+        out = np.empty((len(images), h, w, *images.shape[3:]), images.dtype)
+
+    def one(i):
+        image = np.asarray(images[i])
+        if crop is not None:
+            image = image[:crop[i][0], :crop[i][1]]
+        th, tw = (h, w) if place is None else (int(place[i][0]), int(place[i][1]))
+        resized = cv2.resize(image, (tw, th), interpolation=INTERPOLATION[interpolation])
+        if place is not None:
+            out[i] = 0
+        out[i, :th, :tw] = resized.reshape(out[i, :th, :tw].shape)
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(one, range(len(images))))
+    return out
+
+
+def save_pngs(folder, masks, ids, sizes, binary):
+    """Each mask as <id>.png at its image's size: 0/255 for binary masks, the labels 0..K else."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, (mask, i) in enumerate(zip(masks, ids)):
+        h, w = sizes[n] if sizes is not None else mask.shape
+        mask = np.asarray(mask)[:h, :w] * (255 if binary else 1)
+        with atomic_path(folder / f"{i}.png") as tmp:
+            cv2.imwrite(str(tmp), mask.astype(np.uint8))

@@ -1,0 +1,281 @@
+"""The U-Net, its losses and its metric: change the model here, and only here."""
+
+import logging
+
+from kit import metrics
+from kit.cli import import_tensorflow
+from kit.files import UserError
+
+tf = import_tensorflow()  # before Keras: hides TensorFlow's start-up noise
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import layers, ops  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+SMOOTH = 1.0
+
+# ---------------------------------------------------------------- the network
+
+
+def conv_block(x, filters, batchnorm):
+    for _ in range(2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batchnorm)(x)
+        if batchnorm:
+            x = layers.BatchNormalization(momentum=0.9)(x)  # 0.99 lags on small datasets
+        x = layers.Activation("relu")(x)
+    return x
+
+
+def build_unet(image_size, channels=1, classes=1, width=16, depth=4, dropout=0.1, batchnorm=True,
+               mean=0.0, std=1.0):
+    """U-Net taking raw pixel values: the normalisation statistics live inside the model."""
+    inputs = keras.Input((*image_size, channels))
+    x = layers.Normalization(mean=mean, variance=std**2)(inputs)
+    skips = []
+    for level in range(depth):
+        x = conv_block(x, width * 2**level, batchnorm)
+        skips.append(x)
+        x = layers.MaxPooling2D()(x)
+    x = conv_block(x, width * 2**depth, batchnorm)
+    if dropout:
+        x = layers.SpatialDropout2D(dropout)(x)
+    for level in reversed(range(depth)):
+        x = layers.Conv2DTranspose(width * 2**level, 2, strides=2, padding="same")(x)
+        x = layers.Concatenate()([x, skips[level]])
+        x = conv_block(x, width * 2**level, batchnorm)
+    # The last layer stays float32 under mixed precision so that the loss is computed in float32.
+    activation = "sigmoid" if classes == 1 else "softmax"
+    outputs = layers.Conv2D(classes, 1, activation=activation, dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="unet")
+
+
+# ---------------------------------------------------------------- losses
+# Overlap losses are taken over the whole batch, as in the 2017 tutorial: per-image
+# versions are undefined on the many empty frames.
+
+
+def overlaps(y_true, y_pred):
+    y_true = ops.cast(y_true, "float32")
+    y_pred = ops.cast(y_pred, "float32")
+    tp = ops.sum(y_true * y_pred)
+    return tp, ops.sum(y_pred) - tp, ops.sum(y_true) - tp
+
+
+def dice_loss(y_true, y_pred):
+    tp, fp, fn = overlaps(y_true, y_pred)
+    return 1 - (2 * tp + SMOOTH) / (2 * tp + fp + fn + SMOOTH)
+
+
+def jaccard_loss(y_true, y_pred):
+    tp, fp, fn = overlaps(y_true, y_pred)
+    return 1 - (tp + SMOOTH) / (tp + fp + fn + SMOOTH)
+
+
+def tversky_index(y_true, y_pred, alpha=0.7):
+    """alpha > 0.5 weighs missed nerve pixels above false alarms."""
+    tp, fp, fn = overlaps(y_true, y_pred)
+    return (tp + SMOOTH) / (tp + alpha * fn + (1 - alpha) * fp + SMOOTH)
+
+
+def tversky_loss(y_true, y_pred):
+    return 1 - tversky_index(y_true, y_pred)
+
+
+def focal_tversky_loss(y_true, y_pred, gamma=0.75):
+    return ops.power(1 - tversky_index(y_true, y_pred), gamma)
+
+
+def bce_loss(y_true, y_pred):
+    return ops.mean(
+        keras.losses.binary_crossentropy(ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")))
+
+
+def bce_dice_loss(y_true, y_pred):
+    return bce_loss(y_true, y_pred) + dice_loss(y_true, y_pred)
+
+
+BINARY_LOSSES = {
+    "dice": dice_loss,
+    "bce": bce_loss,
+    "bce_dice": bce_dice_loss,
+    "jaccard": jaccard_loss,
+    "tversky": tversky_loss,
+    "focal_tversky": focal_tversky_loss
+}
+
+# Label masks (softmax over background + K classes) train on one-hot targets.
+
+
+def cce_loss(y_true, y_pred):
+    return ops.mean(
+        keras.losses.categorical_crossentropy(ops.cast(y_true, "float32"),
+                                              ops.cast(y_pred, "float32")))
+
+
+def weighted_cce(class_weights):
+    """Cross-entropy with each pixel weighted by its true class (rare classes count more)."""
+    weights = ops.convert_to_tensor(class_weights, "float32")
+
+    def weighted_cce_loss(y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        per_pixel = keras.losses.categorical_crossentropy(y_true, ops.cast(y_pred, "float32"))
+        return ops.mean(per_pixel * ops.sum(y_true * weights, axis=-1))
+
+    return weighted_cce_loss
+
+
+def multiclass_dice_loss(y_true, y_pred):
+    """Mean over the foreground classes of the batch-wide soft Dice loss."""
+    classes = y_pred.shape[-1]
+    return ops.mean(
+        ops.stack([dice_loss(y_true[..., c], y_pred[..., c]) for c in range(1, classes)]))
+
+
+def cce_dice_loss(y_true, y_pred):
+    return cce_loss(y_true, y_pred) + multiclass_dice_loss(y_true, y_pred)
+
+
+CATEGORICAL_LOSSES = {
+    "cce": cce_loss,
+    "multiclass_dice": multiclass_dice_loss,
+    "cce_dice": cce_dice_loss,
+    "weighted_cce": None
+}  # weighted: see loss_for
+# The binary losses' categorical counterparts, so that a loss flag works for both kinds of mask.
+CATEGORICAL_COUNTERPART = {"bce": "cce", "dice": "multiclass_dice", "bce_dice": "cce_dice"}
+LOSS_NAMES = [*BINARY_LOSSES, *CATEGORICAL_LOSSES]
+
+
+def loss_name(name, classes):
+    """The loss a flag names for these masks: label masks take binary names' counterparts."""
+    return name if classes == 1 else CATEGORICAL_COUNTERPART.get(name, name)
+
+
+def loss_for(name, classes, class_weights=None):
+    """The loss function called `name` for binary masks (classes 1) or label masks (classes > 1)."""
+    if classes == 1:
+        if name not in BINARY_LOSSES:
+            raise UserError(f"--loss {name} needs label masks (data.py --classes K with K > 1): "
+                            f"choose one of {', '.join(BINARY_LOSSES)}")
+        return BINARY_LOSSES[name]
+    name = loss_name(name, classes)
+    if name not in CATEGORICAL_LOSSES:
+        raise UserError(f"--loss {name} is for binary masks: with {classes} classes choose one "
+                        f"of {', '.join(CATEGORICAL_LOSSES)}")
+    return CATEGORICAL_LOSSES[name] or weighted_cce(class_weights)
+
+
+# ---------------------------------------------------------------- the metric
+
+
+class DiceScore(keras.metrics.Metric):
+    """The competition's score: mean over images of hard Dice, 1 where both masks are empty."""
+
+    def __init__(self, threshold=0.5, name="dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.threshold = threshold
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        axes = tuple(range(1, len(y_pred.shape)))
+        truth = ops.cast(y_true > 0.5, "float32")
+        pred = ops.cast(ops.cast(y_pred, "float32") > self.threshold, "float32")
+        inter = ops.sum(truth * pred, axis=axes)
+        total = ops.sum(truth, axis=axes) + ops.sum(pred, axis=axes)
+        dice = metrics.dice_from_counts(inter, total, ops)
+        self.total.assign_add(ops.sum(dice))
+        self.count.assign_add(ops.cast(ops.shape(dice)[0], "float32"))
+
+    def result(self):
+        return self.total / ops.maximum(self.count, 1.0)
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+class MulticlassDiceScore(DiceScore):
+    """DiceScore for label masks: per-image hard Dice of each foreground class (1 where the class
+    is absent from both), averaged over images and classes."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        classes = y_pred.shape[-1]
+        truth = ops.one_hot(ops.argmax(y_true, axis=-1), classes)
+        pred = ops.one_hot(ops.argmax(y_pred, axis=-1), classes)
+        inter = ops.sum(truth * pred, axis=(1, 2))[:, 1:]
+        total = (ops.sum(truth, axis=(1, 2)) + ops.sum(pred, axis=(1, 2)))[:, 1:]
+        dice = metrics.dice_from_counts(inter, total, ops)
+        self.total.assign_add(ops.sum(dice))
+        self.count.assign_add(ops.cast(ops.shape(dice)[0] * (classes - 1), "float32"))
+
+
+def dice_metric(classes):
+    return DiceScore() if classes == 1 else MulticlassDiceScore()
+
+
+# ---------------------------------------------------------------- what a model holds
+
+
+def outputs_for(classes):
+    """Output channels: one sigmoid for binary masks, a softmax over background + K classes."""
+    return 1 if classes == 1 else classes + 1
+
+
+def classes_of(model):
+    """Foreground classes a saved model predicts: the output channels say it, nothing else."""
+    outputs = model.output_shape[-1]
+    return 1 if outputs == 1 else outputs - 1
+
+
+def depth_of(model):
+    return sum(isinstance(layer, layers.MaxPooling2D) for layer in model.layers)
+
+
+def load_initial_weights(model, path):
+    """Weights of another run (another data set, size, number of classes or channels): layers
+    whose shapes fit are loaded in order, the rest keep their fresh start. The normalisation
+    statistics are constants of the model, not weights: they stay this data set's."""
+    if not path.exists():
+        raise UserError(
+            f"--weights {path} not found: give a .weights.h5 or .keras file (nothing is downloaded)"
+        )
+    before = [w.copy() for w in model.get_weights()]
+    try:
+        model.load_weights(path, skip_mismatch=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--weights {path} cannot be loaded ({str(e).splitlines()[0][:120]}): "
+                        f"give a .weights.h5 or .keras file saved by Keras 3") from None
+    changed = sum(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    if not changed:
+        raise UserError(
+            f"--weights {path}: no layer fits this network: use weights of the same architecture")
+    log.info(f"initial weights from {path}: {changed} of {len(before)} weight tensors changed "
+             f"(layers of other shapes start fresh)")
+
+
+def receptive_field(depth, convs=2):
+    """Width of the widest window of input pixels that one output pixel of the U-Net sees.
+
+    Follows an interval of pixels back through the layers: a 3x3 convolution widens it by one
+    pixel each side, a 2x2 pooling doubles it, a 2x2 stride-2 transposed convolution halves it;
+    a skip connection joins the encoder's interval to the deeper path's. The halving rounds to
+    whole pixels, so the field depends on the pixel's position modulo 2^depth: the widest is
+    returned."""
+
+    def encoder(level, lo, hi):  # interval at the output of encoder block `level` -> the input
+        lo, hi = lo - convs, hi + convs
+        return (lo, hi) if level == 0 else encoder(level - 1, 2 * lo, 2 * hi + 1)
+
+    def decoder(level, lo, hi):  # interval at the output of decoder block `level`
+        if level == depth:
+            return encoder(depth, lo, hi)
+        lo, hi = lo - convs, hi + convs
+        (a, b), (c, d) = encoder(level, lo, hi), decoder(level + 1, lo // 2, hi // 2)
+        return min(a, c), max(b, d)
+
+    return max(hi - lo + 1 for lo, hi in (decoder(0, x, x) for x in range(2**depth)))

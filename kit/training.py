@@ -1,0 +1,210 @@
+"""Training: the hardware's precision and devices, one fold's model trained (or resumed) and
+saved, the out-of-fold predictions of a run, and the threshold, minimum area and scores
+tuned and measured on them."""
+
+import logging
+import sys
+
+import numpy as np
+
+from kit import callbacks, dataset, figures, inference, metrics, model
+from kit.cli import import_tensorflow
+from kit.files import UserError, atomic_path
+
+tf = import_tensorflow()
+import keras  # noqa: E402
+
+log = logging.getLogger(__name__)
+PRESETS = {
+    # The 2017 Keras tutorial: 96x96 squashed input, filters 32..512, transposed convolutions,
+    # no batch normalisation or dropout, loss -Dice (smooth 1), Adam 1e-5, batch 32, 20 epochs.
+    "tutorial": dict(image_size=[96, 96], width=32, depth=4, batchnorm=False, dropout=0.0,
+                     loss="dice", lr=1e-5, batch_size=32, epochs=20, augment=False,
+                     schedule="constant", tune=False, tta=False)
+}
+# Settings a resumed run may change: they do not change what the training computes.
+RESUMABLE = {
+    "resume", "quiet", "verbose", "time_limit", "fold", "raw", "workdir", "tensorboard", "summary",
+    "gpus", "weights", "preset", "tune", "tta", "class_weights"
+}
+
+# ---------------------------------------------------------------- hardware
+
+
+def cpu_has_bf16():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def choose_precision(requested):
+    """bf16 where the hardware computes it fast (AMX or avx512_bf16 CPUs, GPUs of compute
+    capability 8+), float16 on older GPUs (7.x), float32 elsewhere."""
+    if requested != "auto":
+        return requested
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        major, _ = details.get("compute_capability", (0, 0))
+        return "mixed_bfloat16" if major >= 8 else "mixed_float16" if major >= 7 else "float32"
+    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+
+
+def distribution(gpus):
+    """MirroredStrategy over `gpus` devices (logical CPU devices where there is no GPU, so that
+    the path runs in tests), or the default strategy."""
+    if gpus <= 1:
+        return tf.distribute.get_strategy()
+    if not tf.config.list_physical_devices("GPU"):
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu,
+                                                   [tf.config.LogicalDeviceConfiguration()] * gpus)
+    devices = (tf.config.list_logical_devices("GPU")[:gpus] or
+               tf.config.list_logical_devices("CPU")[:gpus])
+    if len(devices) < gpus:
+        raise UserError(f"--gpus {gpus} asked for, {len(devices)} found: lower --gpus")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+# ---------------------------------------------------------------- one fold
+
+
+def resume_options(s, data):
+    """What a resumed run must share with the interrupted one: every setting that changes what
+    the training computes, and the data it trains on."""
+    options = {f"--{k.replace('_', '-')}": v for k, v in vars(s).items() if k not in RESUMABLE}
+    return {**options, "--precision": keras.mixed_precision.global_policy().name, **data}
+
+
+def compiled_model(s, mean, std, strategy):
+    with strategy.scope():
+        net = model.build_unet(s.input_size, s.channels, model.outputs_for(s.classes), s.width,
+                               s.depth, s.dropout, s.batchnorm, mean, std)
+        if s.weights:
+            model.load_initial_weights(net, s.weights)
+        loss = model.loss_for(s.loss, s.classes, s.class_weights)
+        net.compile(keras.optimizers.Adam(s.lr), loss, metrics=[model.dice_metric(s.classes)])
+    return net
+
+
+def fold_callbacks(s, fold, state, first, deadline):
+    model_dir = s.workdir / "model"
+    history = model_dir / f"history_fold{fold}.csv"
+    if first:
+        callbacks.truncate_history(history, first)
+    planned = state.state["logs"].get("planned_epochs") if first else None
+    planner = callbacks.PlanEpochs(s.epochs, deadline, planned)
+    stop = callbacks.StopOnDeadlineOrSignal(deadline)
+    chain = [
+        planner,
+        keras.callbacks.LearningRateScheduler(callbacks.lr_schedule(s.lr, s.schedule, planner)),
+        keras.callbacks.CSVLogger(history, append=first > 0),
+        callbacks.PlotCurves(history, model_dir / "curves.png"),
+        state,  # after the logger: a kill between the two repeats an epoch, never skips one
+        stop
+    ]
+    if s.tensorboard:
+        chain.append(callbacks.tensorboard(model_dir / "tensorboard" / f"fold{fold}"))
+    return chain, stop
+
+
+def restored(s, fold, net, state, strategy):
+    """Epochs already done by an interrupted run of this fold (0 when starting afresh)."""
+    if not (s.resume and state.saved()):
+        if s.resume:
+            log.info(f"fold {fold}: no interrupted run in {state.folder}, starting afresh")
+        return 0
+    with strategy.scope():  # where the optimizer's variables belong
+        first = state.restore(net)
+    log.info(f"fold {fold}: resuming after epoch {first}")
+    return first
+
+
+def train_fold(s, fold, train, val, mean, std, deadline, strategy):
+    """Train (or, with --resume, go on training) one fold and save it as fold<i>.keras.
+    train, val: (images, masks, own sizes) at the working size (or as they are, for patches)."""
+    final = s.workdir / "model" / f"fold{fold}.keras"
+    keras.utils.set_random_seed(s.seed + fold)  # each fold on its own: resumable alone
+    net = compiled_model(s, mean, std, strategy)
+    data = {
+        "training frames": len(train[0]),
+        "validation frames": len(val[0]),
+        "pixel mean": mean,
+        "pixel std": std,
+        "channels": s.channels,
+        "classes": s.classes
+    }
+    state = callbacks.TrainingState(s.workdir / "model" / f"backup_fold{fold}",
+                                    resume_options(s, data), s.patience)
+    first = restored(s, fold, net, state, strategy)
+    if state.state["done"] and final.exists():
+        log.info(f"fold {fold}: trained by the interrupted run, {final}")
+        return
+    chain, stop = fold_callbacks(s, fold, state, first, deadline)
+    if first < s.epochs and not state.state["stopped"] and not state.state["done"]:
+        train_ds, val_ds, steps = dataset.fold_datasets(s, fold, *train[:2], *val[:2],
+                                                        (train[2], val[2]), first)
+        verbose = 0 if s.quiet else 1 if sys.stdout.isatty() else 2
+        net.fit(train_ds, validation_data=val_ds, epochs=s.epochs, initial_epoch=first,
+                steps_per_epoch=steps, callbacks=[callbacks.MarkCompleteEpochs(steps),
+                                                  *chain], verbose=verbose)
+    if stop.signalled:
+        log.warning(f"{stop.signalled}: fold {fold} stopped; its {state.state['epoch']} complete "
+                    f"epochs are saved in {state.folder}: run the same command with --resume "
+                    f"to continue")
+        raise KeyboardInterrupt
+    state.load_best(net)  # else no epoch completed (time limit): the model as it is
+    with atomic_path(final) as tmp:
+        net.save(tmp)
+    state.save(done=True)
+
+
+# ---------------------------------------------------------------- out of fold
+
+
+def out_of_fold(s, fold, images, sizes, mixed):
+    """Probabilities of a fold's validation images by its saved file, loaded outside any
+    distribution strategy exactly as predict.py will load it."""
+    saved = keras.models.load_model(s.workdir / "model" / f"fold{fold}.keras", compile=False)
+    if not s.patch:
+        return inference.probabilities([saved], images, s.batch_size * 4, s.tta, s.quiet,
+                                       sizes=sizes if mixed else None)
+    channels = saved.output_shape[-1]
+    out = np.zeros((*images.shape[:3], *([channels] if channels > 1 else [])), np.float32)
+    for i, (h, w) in enumerate(sizes):  # on the canvas, as the images lie
+        out[i, :h, :w] = inference.tiled_probabilities([saved], images[i, :h, :w], s.patch,
+                                                       s.patch // 4, s.batch_size, s.tta)
+    return out
+
+
+def evaluate(s, probs, truth, working_truth, pixel_area, place):
+    """Scores of out-of-fold probabilities: untuned (threshold 0.5, no minimum area) and with
+    the threshold and minimum area tuned on these same predictions (optimistic).
+    Returns (threshold, min_area, tuning grid, final masks, tuned scores, untuned score)."""
+
+    def scores_at(threshold, min_area):
+        pred = inference.final_masks(probs, truth.shape[1:3], threshold, min_area, sizes=place)
+        return pred, metrics.class_scores(pred, truth, s.classes)
+
+    threshold, min_area, grid = 0.5, 0, []
+    _, untuned = scores_at(threshold, min_area)
+    if s.tune and s.classes == 1:
+        threshold, min_area = inference.tune_postprocessing(probs, working_truth, pixel_area, grid)
+    pred, tuned = scores_at(threshold, min_area)
+    return threshold, min_area, grid, pred, tuned, metrics.overall(untuned)
+
+
+def save_records(model_dir, frames, grid, folds):
+    """What the report and visualize.py show: each validation frame's Dice (frames: a table),
+    the tuning grid, and the curves of every fold of this run."""
+    import pandas as pd
+
+    tuning = pd.DataFrame(grid, columns=["threshold", "min_area", "dice"])
+    for name, table in (("validation.csv", pd.DataFrame(frames)), ("tuning.csv", tuning)):
+        with atomic_path(model_dir / name) as tmp:
+            table.to_csv(tmp, index=False)
+    figures.plot_curves([model_dir / f"history_fold{f}.csv" for f in folds],
+                        model_dir / "curves.png")
