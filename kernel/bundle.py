@@ -4,7 +4,8 @@ metadata.
     python kernel/bundle.py build/kernel                  # owner: the credentials' user
     python kernel/bundle.py build/kernel --user NAME      # no credentials needed
 
-`make kaggle-push` runs this, then `kaggle kernels push -p build/kernel`.
+`make kaggle-push` runs this, then `kaggle kernels push -p build/kernel`;
+`make kaggle-run` (kernel/run.py) calls build() itself.
 """
 
 import argparse
@@ -43,8 +44,32 @@ def kaggle_username():
     user = kaggle_api.username()
     if not user:
         raise UserError("the Kaggle credentials do not name their user: pass --user NAME "
-                        "(make kaggle-push KAGGLE_USER=NAME)")
+                        "(make kaggle-push or kaggle-run KAGGLE_USER=NAME)")
     return user
+
+
+def build(out, user, slug=None, settings=None):
+    """Write kernel.py (the kit inside) and kernel-metadata.json into `out`; return the
+    notebook's id, user/slug. slug: None keeps kernel-metadata.json's; settings: metadata
+    fields to override (kernel/run.py: the accelerator)."""
+    source = (HERE / "kernel.py").read_text()
+    if source.count('\nKIT = ""') != 1:
+        raise UserError(f'{HERE / "kernel.py"} lost its `KIT = ""` line: restore it')
+    meta = json.loads((HERE / "kernel-metadata.json").read_text())
+    if slug and slug != meta["id"].split("/")[-1]:
+        # Kaggle names a new notebook after its title: a title that slugifies to another
+        # slug would create a notebook other than the one pushed to and followed.
+        meta["title"] = slug.replace("-", " ")
+    meta["id"] = f"{user}/{slug or meta['id'].split('/')[-1]}"
+    meta.update(settings or {})
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / meta["code_file"]) as tmp:
+        tmp.write_text(source.replace('\nKIT = ""', f'\nKIT = "{kit_base64()}"', 1))
+    with atomic_path(out / "kernel-metadata.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    return meta["id"]
 
 
 def main():
@@ -54,19 +79,8 @@ def main():
     p.add_argument("--user",
                    help="Kaggle username that will own the notebook (None: the credentials' user)")
     args = p.parse_args()
-
-    source = (HERE / "kernel.py").read_text()
-    if source.count('\nKIT = ""') != 1:
-        raise UserError(f'{HERE / "kernel.py"} lost its `KIT = ""` line: restore it')
-    meta = json.loads((HERE / "kernel-metadata.json").read_text())
-    meta["id"] = f"{args.user or kaggle_username()}/{meta['id'].split('/')[-1]}"
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out / meta["code_file"]) as tmp:
-        tmp.write_text(source.replace('\nKIT = ""', f'\nKIT = "{kit_base64()}"', 1))
-    with atomic_path(args.out / "kernel-metadata.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"{args.out / meta['code_file']} ({meta['id']}) ready to push")
+    kernel = build(args.out, args.user or kaggle_username())
+    print(f"{args.out / 'kernel.py'} ({kernel}) ready to push")
 
 
 if __name__ == "__main__":
