@@ -3,12 +3,18 @@
 How the real client (kaggle 2.2.4) finds it:
 - KAGGLE_API_ENVIRONMENT=LOCALHOST makes it send its JSON POSTs to
   http://localhost/api/v1/<Service>/<Method>, e.g.
-  competitions.CompetitionApiService/ListSubmissions
+  competitions.CompetitionApiService/ListSubmissions or kernels.KernelsApiService/SaveKernel
   (it must be set before `import kaggle`: the client reads it into a class attribute);
+  SERVICES says which service each method belongs to, and a method sent to another service
+  gets a 404, as on Kaggle;
 - HTTP_PROXY=<stub.url> makes requests send every plain-http request, whatever the host,
   to this server as a proxy request (full URL in the request line). So the storage and
   upload URLs the stub hands out (http://storage.kaggle.test/..., http://upload.kaggle.test/...)
   come back here too, with no DNS and no second server.
+
+The stub holds one notebook (kernel): whether it exists yet (a push, SaveKernel, creates it),
+the statuses GetKernelSessionStatus reports in turn, and the output files and log that
+ListKernelSessionOutput lists, the files served from the storage URLs it hands out.
 """
 
 import io
@@ -20,12 +26,28 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-RPC_PREFIX = "/api/v1/competitions.CompetitionApiService/"
+RPC_ROOT = "/api/v1/"
+SERVICES = {
+    "security.OAuthService": ["IntrospectToken"],
+    "competitions.CompetitionApiService": [
+        "DownloadDataFiles", "StartSubmissionUpload", "CreateSubmission", "ListSubmissions"
+    ],
+    "kernels.KernelsApiService": [
+        "SaveKernel", "GetKernelSessionStatus", "ListKernelSessionOutput"
+    ],
+}
+SERVICE_OF = {method: service for service, methods in SERVICES.items() for method in methods}
+RPC_PREFIX = RPC_ROOT + "competitions.CompetitionApiService/"  # the competitions' RPCs
 STORAGE = "http://storage.kaggle.test"
 UPLOAD = "http://upload.kaggle.test"
 ROOT = Path(__file__).resolve().parents[1]
 USER = "kit-tester"
 FAKE_KEY = "f4k3k3y0123456789abcdef0123456789"
+
+
+def rpc_url(method):
+    """The URL the client posts `method` to under KAGGLE_API_ENVIRONMENT=LOCALHOST."""
+    return f"http://localhost{RPC_ROOT}{SERVICE_OF[method]}/{method}"
 
 
 def clean_env(tmp_path, proxy):
@@ -117,6 +139,14 @@ class KaggleStub:
         self.history = []  # older submissions (API JSON shape) listed after those
         self.tokens = {}  # access token (KAGGLE_API_TOKEN) -> the username it belongs to
         self.kernels = []  # SaveKernel requests (kaggle kernels push)
+        self.kernel_exists = False  # False: GetKernelSessionStatus answers 404 (set by a push)
+        # One per GetKernelSessionStatus, the last repeated; a version just pushed is seen
+        # running before it ends (kernel/run.py waits for that).
+        self.kernel_statuses = ["RUNNING", "COMPLETE"]
+        self.kernel_failure = None  # failureMessage sent with an ERROR status
+        self.outputs = {}  # the notebook's output files: name -> bytes
+        self.kernel_log = ""  # the log ListKernelSessionOutput sends
+        self.output_page_size = 20  # files per ListKernelSessionOutput page
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
         self.server.stub = self
@@ -169,12 +199,37 @@ class KaggleStub:
 
     def SaveKernel(self, req):
         self.kernels.append(req)
+        self.kernel_exists = True
         slug = req.get("slug", "")
         return _json({
             "ref": f"/code/{slug}",
             "url": f"https://www.kaggle.com/code/{slug}",
-            "versionNumber": 1
+            "versionNumber": len(self.kernels)
         })
+
+    def GetKernelSessionStatus(self, req):
+        if not self.kernel_exists:
+            return _json({"code": 404, "message": "Notebook not found"}, 404)
+        statuses = self.kernel_statuses
+        status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
+        reply = {"status": status}
+        if status == "ERROR" and self.kernel_failure:
+            reply["failureMessage"] = self.kernel_failure
+        return _json(reply)
+
+    def ListKernelSessionOutput(self, req):
+        # Pages of output_page_size files; the page token is the index of the page's first file.
+        names = list(self.outputs)
+        start = int(req.get("pageToken") or 0)
+        end = start + self.output_page_size
+        files = [{
+            "fileName": n,
+            "url": f"{STORAGE}/kernel-output/{i}?Signature=x"
+        } for i, n in enumerate(names[start:end], start)]
+        reply = {"files": files, "log": self.kernel_log}
+        if end < len(names):
+            reply["nextPageToken"] = str(end)
+        return _json(reply)
 
     def ListSubmissions(self, req):
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
@@ -232,7 +287,7 @@ class _Handler(BaseHTTPRequestHandler):
         method = path.rsplit("/", 1)[-1] if path.startswith("/api/v1/") else None
         if method in stub.fail:
             return self._error(stub.fail[method])
-        if method is None or not hasattr(stub, method):
+        if method is None or path != f"{RPC_ROOT}{SERVICE_OF.get(method)}/{method}":
             return self._error(404)
         self._reply(*getattr(stub, method)(req or {}))
 
@@ -241,6 +296,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._record()
         if "GET" in stub.fail:
             return self._error(stub.fail["GET"])
+        url = urlsplit(self.path)
+        if url.path.startswith("/kernel-output/"):  # the notebook's output files, by index
+            data = list(stub.outputs.values())[int(url.path.rsplit("/", 1)[-1])]
+            return self._reply(200, {"Content-Type": "application/octet-stream"}, data)
         data = stub.zip_bytes
         if not stub.truncate:
             return self._reply(200, {"Content-Type": "application/zip"}, data)
