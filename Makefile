@@ -8,7 +8,7 @@ DEMO_FLAGS := --raw $(DEMO)/raw --workdir $(DEMO)
 KAGGLE ?= $(VENV)/bin/kaggle
 KERNEL := build/kernel
 
-.PHONY: demo test bench clean kaggle-push
+.PHONY: demo test bench clean kaggle-push kaggle-run
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ bench: $(VENV)/.installed
 kaggle-push: $(VENV)/.installed
 	$(PY) kernel/bundle.py $(KERNEL) $(if $(KAGGLE_USER),--user $(KAGGLE_USER))
 	$(KAGGLE) kernels push -p $(KERNEL)
+
+# The same, then followed to its end: its outputs in work/kaggle-run/, its validation Dice printed.
+# ACCELERATOR=t4x2 (default), p100 or cpu; KERNEL_SLUG=<slug> for another notebook than
+# kernel-metadata.json's; SUBMIT=1 submits its submission.csv and prints the public score.
+ACCELERATOR ?= t4x2
+KAGGLE_RUN_FLAGS = --build $(KERNEL) --accelerator $(ACCELERATOR) \
+	$(if $(KAGGLE_USER),--user $(KAGGLE_USER)) $(if $(KERNEL_SLUG),--slug $(KERNEL_SLUG)) \
+	$(if $(filter-out 0 no false,$(SUBMIT)),--submit)
+kaggle-run: $(VENV)/.installed
+	$(PY) kernel/run.py $(KAGGLE_RUN_FLAGS)
 
 clean:
 	rm -rf work build .pytest_cache .hypothesis
