@@ -13,6 +13,7 @@ out-of-fold probabilities), and backup_fold<i>/ until the run completes (for --r
 """
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kit import arrays, cli, config, dataset, images, metrics, model, training
+from kit import arrays, budget, cli, config, dataset, images, metrics, model, training
 from kit.files import UserError, atomic_path
 
 import keras  # noqa: E402  (after kit: TensorFlow's start-up noise is hidden there)
@@ -49,7 +50,8 @@ def add_recipe_flags(p):
     g = p.add_argument_group("the recipe")
     g.add_argument("--preset", choices=sorted(training.PRESETS),
                    help="a named recipe, whose values become the defaults")
-    g.add_argument("--epochs", type=int, default=60, help="most epochs per fold")
+    g.add_argument("--epochs", type=int,
+                   help="most epochs per fold (default: 60; with --time-limit, what it buys)")
     g.add_argument("--batch-size", type=int, default=16, help="global batch size")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam")
     g.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
@@ -57,7 +59,7 @@ def add_recipe_flags(p):
     g.add_argument("--loss", choices=model.LOSS_NAMES, default="bce_dice",
                    help="training loss (label masks: binary names mean their categorical twins)")
     g.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="working size (default: chosen from the masks and the time limit)")
+                   help="working size (default: from the objects and the measured speed)")
     g.add_argument("--width", type=int, default=16, help="filters of the first level (doubling)")
     g.add_argument("--depth", type=int, default=4, help="number of down-sampling levels")
     g.add_argument("--dropout", type=float, default=0.1, help="spatial dropout at the bottleneck")
@@ -77,8 +79,9 @@ def add_validation_flags(p):
     g = p.add_argument_group("validation and post-processing")
     g.add_argument("--folds", type=int, default=5, help="subject-grouped folds")
     g.add_argument("--fold", default="0", help="fold to train, or 'all' for an ensemble")
-    g.add_argument("--patience", type=int, default=15,
-                   help="epochs without validation gain before stopping")
+    g.add_argument("--patience", type=int,
+                   help="epochs without validation gain before stopping (default: 15; with "
+                        "--time-limit, none)")
     g.add_argument("--no-tune", dest="tune", action="store_false",
                    help="keep threshold 0.5 and no minimum area instead of tuning them")
     g.add_argument("--no-tta", dest="tta", action="store_false",
@@ -121,13 +124,50 @@ def folds_to_train(args):
     return todo
 
 
-def working_size(args, masks, sizes):
-    size = ([args.patch] * 2 if args.patch else args.image_size or
-            dataset.choose_image_size(masks, args.time_limit, args.depth, sizes))
-    if size[0] % 2**args.depth or size[1] % 2**args.depth:
+def working_size(args, f, strategy, seconds):
+    """(H, W) the network trains at: --patch, --image-size, or planned (see kit/budget.py) from
+    the objects and, with a time limit, from training steps timed here within `seconds`."""
+    stride = 2**args.depth
+    if not (args.patch or args.image_size):
+        return planned_size(args, f, strategy, seconds)
+    size = [args.patch] * 2 if args.patch else list(args.image_size)
+    if size[0] % stride or size[1] % stride:
         flag = f"--patch {args.patch}" if args.patch else f"--image-size {size[0]} {size[1]}"
-        raise UserError(f"{flag} must be a multiple of {2**args.depth} (2^depth)")
-    return list(size)
+        raise UserError(f"{flag} must be a multiple of {stride} (2^depth)")
+    return size, None
+
+
+def interrupted_size(args):
+    """The working size of the interrupted run --resume continues: never planned anew."""
+    for state in sorted((args.workdir / "model").glob("backup_fold*/state.json")):
+        return json.loads(state.read_text())["options"].get("--input-size")
+    return None
+
+
+def planned_size(args, f, strategy, seconds):
+    if args.resume and interrupted_size(args):
+        return interrupted_size(args), None
+    sizes = f.sizes if f.mixed else None
+    diameters = budget.object_diameters(f.masks, args.classes, sizes)
+    diameter = min(diameters.values()) if diameters else None
+    longest = None if args.time_limit else budget.LONGEST
+    candidates = budget.size_range(np.median(f.sizes, axis=0), diameter, 2**args.depth, longest)
+    plan = {"object_diameter": diameter and round(diameter, 1), "smallest": candidates[0]}
+    objects = f"objects {diameter:.0f} px across" if diameter else "no objects"
+    if not args.time_limit:
+        log.info(f"working size {candidates[0][1]}x{candidates[0][0]}: {objects}")
+        return candidates[0], plan
+    frames = round(len(f.images) * (1 - 1 / args.folds))   # of a training fold
+    steps = dataset.steps_per_epoch(frames, args.batch_size, args.augment)
+    timing = lambda size: training.seconds_per_step(args, size, f.images, f.masks, sizes, strategy)
+    size, epochs, measured = budget.plan(candidates, timing, steps, seconds)
+    plan.update(seconds_per_step={f"{w}x{h}": round(t, 4) for (h, w), t in measured.items()},
+                predicted_epochs=epochs, seconds=round(seconds))
+    timed = ", ".join(f"{t:.2f} s at {hw}" for hw, t in plan["seconds_per_step"].items())
+    log.info(f"working size {size[1]}x{size[0]}: {objects} (at least "
+             f"{candidates[0][1]}x{candidates[0][0]}); steps of {args.batch_size} took {timed}: "
+             f"about {epochs} epochs of {steps} steps in {seconds:.0f} s per fold")
+    return size, plan
 
 
 def load_frames(args):
@@ -149,6 +189,15 @@ def to_working_size(args, f):
     f.y = dataset.resize_masks(f.masks, args.input_size, args.classes, crop)
     f.mean, f.std = float(f.x.mean()), float(f.x.std()) or 1.0
     f.scale = (np.array(args.input_size) / np.median(f.sizes, axis=0)).round(6).tolist()
+
+
+def resolve_budget_defaults(args):
+    """Under a time limit the plan decides the epochs, and nothing stops early by default:
+    the schedule spans the planned epochs and the best one is kept."""
+    if args.epochs is None:
+        args.epochs = 1000 if args.time_limit else 60
+    if args.patience is None:
+        args.patience = args.epochs if args.time_limit else 15
 
 
 def print_summary(args):
@@ -202,22 +251,13 @@ def evaluate(args, probs, index, folds, f, todo):
 
 def save_config(args, todo, f, precision, result):
     threshold, min_area, scores, untuned = result
-    config.save(
-        args.workdir / "model",
-        config.Config(folds=[f"fold{n}.keras"
-                             for n in todo], threshold=threshold, min_area=min_area, tta=args.tta,
-                      scale=f.scale, tile=args.patch, original_size=list(f.images.shape[1:3]),
-                      validation_dice=metrics.overall(scores), validation_dice_untuned=untuned,
-                      precision=precision, class_scores={
-                          c: {
-                              "dice": d,
-                              "iou": j
-                          }
-                          for c, (d, j) in scores.items()
-                      }, settings={
-                          k: v
-                          for k, v in vars(args).items() if k not in ("raw", "workdir")
-                      }))
+    settings = {k: v for k, v in vars(args).items() if k not in ("raw", "workdir", "plan")}
+    class_scores = {c: {"dice": d, "iou": j} for c, (d, j) in scores.items()}
+    config.save(args.workdir / "model", config.Config(
+        folds=[f"fold{n}.keras" for n in todo], threshold=threshold, min_area=min_area,
+        tta=args.tta, scale=f.scale, tile=args.patch, original_size=list(f.images.shape[1:3]),
+        validation_dice=metrics.overall(scores), validation_dice_untuned=untuned,
+        class_scores=class_scores, precision=precision, plan=args.plan, settings=settings))
     for fold in todo:  # the run is complete: nothing left to resume
         shutil.rmtree(args.workdir / "model" / f"backup_fold{fold}", ignore_errors=True)
     log.info(f"per-class scores on validation images (mean over images):\n"
@@ -239,16 +279,20 @@ def main(argv=None):
     args.classes = arrays.load_classes(args.workdir)
     args.channels = f.images.shape[3] if f.images.ndim == 4 else 1
     args.loss = model.loss_name(args.loss, args.classes)
-    args.input_size = working_size(args, f.masks, f.sizes if f.mixed else None)
+    resolve_budget_defaults(args)
     if args.summary:
+        args.time_limit = 0   # no steps to time: the size from the objects alone
+        args.input_size = working_size(args, f, strategy, 0)[0]
         return print_summary(args)
+    args.class_weights = dataset.class_weights(f.masks, args.classes, f.sizes)
+    seconds = (args.time_limit - (time.time() - started)) / len(todo) if args.time_limit else 0
+    args.input_size, args.plan = working_size(args, f, strategy, seconds)
     h, w = np.median(f.sizes, axis=0).astype(int)
     log.info(f"{len(f.images)} images {w}x{h}{' (median: mixed sizes)' if f.mixed else ''} -> "
              f"{'patches' if args.patch else 'working size'} {args.input_size[1]}x"
              f"{args.input_size[0]}, {args.channels} channel(s), {args.classes} class(es), "
              f"{precision}, loss {args.loss}, {strategy.num_replicas_in_sync} replica(s)")
     to_working_size(args, f)
-    args.class_weights = dataset.class_weights(f.y, args.classes, f.sizes if args.patch else None)
     (args.workdir / "model").mkdir(parents=True, exist_ok=True)
     probs, index, folds = train_folds(args, todo, f, started, strategy)
     result = evaluate(args, probs, index, folds, f, todo)

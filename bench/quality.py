@@ -1,16 +1,21 @@
 """Quality benchmark: the kit's defaults against the 2017 tutorial, same time budget, real data.
 
-    python bench_quality.py                   # 10-minute training budget per run
-    python bench_quality.py --budget 120      # quicker look
+    python bench/quality.py                   # 10-minute training budget per run
+    python bench/quality.py --budget 120      # quicker look
+    python bench/quality.py --recipes baseline "kit defaults" --baseline ../kit-at-an-older-commit
 
 For each data set in --data (see its README.md) it writes the competition's arrays into
 work/bench_quality/<set>/<recipe>/, runs train.py and predict.py as a user would, and
 scores the final masks of held-out images with the competition's metric:
   nerve-kaggle-sample  train on subject 1, score on subject 2
   usgra-nerve          train on images/, score on test/ (binary task: nerve = label 1)
+  isbi2012             train on slices 0-23, score on 24-29 (membranes: label value 0)
+It prints the working size train.py chose, the epochs it trained and its wall time.
 """
 
 import argparse
+import json
+import shutil
 import subprocess
 import sys
 import time
@@ -18,13 +23,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the kit's library, kit/
 from kit import files, metrics  # noqa: E402
 
-RECIPES = {"tutorial": ["--preset", "tutorial"], "kit defaults": []}
+RECIPES = {"tutorial": ["--preset", "tutorial"], "kit defaults": [], "baseline": []}
 
 
 def get_args():
@@ -35,10 +41,14 @@ def get_args():
     p.add_argument("--workdir", type=Path, default=ROOT / "work" / "bench_quality",
                    help="runs go here")
     p.add_argument("--budget", type=float, default=600, help="training seconds per run")
-    p.add_argument("--sets", nargs="+", default=["nerve-kaggle-sample", "usgra-nerve"],
+    p.add_argument("--sets", nargs="+", default=list(LOADERS), choices=list(LOADERS),
                    help="data sets")
-    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES),
-                   help="recipes")
+    p.add_argument("--recipes", nargs="+", default=["tutorial", "kit defaults"],
+                   choices=list(RECIPES), help="recipes")
+    p.add_argument(
+        "--baseline", type=Path, metavar="DIR",
+        help="another checkout of the kit (e.g. a worktree of an earlier commit): "
+        "the 'baseline' recipe runs its defaults")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="flags added to the kit's train.py")
     return p.parse_args()
@@ -83,39 +93,64 @@ def usgra_nerve(root):
     return x, y, np.arange(len(x), dtype=np.int32), tx, ty
 
 
-LOADERS = {"nerve-kaggle-sample": nerve_kaggle_sample, "usgra-nerve": usgra_nerve}
+def isbi2012(root):
+    """Slices 0-23 train, 24-29 score; membranes (label value 0) are the foreground."""
+
+    def load(k):
+        return read_gray(root / "image" / f"{k}.png"), (read_gray(root / "label" / f"{k}.png") == 0)
+
+    pairs = [load(k) for k in range(30)]
+    x, y = (np.stack(a) for a in zip(*pairs))
+    y = y.astype(np.uint8)
+    return x[:24], y[:24], np.arange(24, dtype=np.int32), x[24:], y[24:]
+
+
+LOADERS = {
+    "nerve-kaggle-sample": nerve_kaggle_sample,
+    "usgra-nerve": usgra_nerve,
+    "isbi2012": isbi2012
+}
 
 
 def write_arrays(work, x, y, subjects, tx):
+    ids = np.arange(1, len(tx) + 1, dtype=np.int32)
     work.mkdir(parents=True, exist_ok=True)
     for name, array in [("imgs_train", x), ("imgs_mask_train", y), ("imgs_subject_train", subjects),
-                        ("imgs_test", tx),
-                        ("imgs_id_test", np.arange(1,
-                                                   len(tx) + 1, dtype=np.int32))]:
+                        ("imgs_test", tx), ("imgs_id_test", ids)]:
         files.save_npy(work / f"{name}.npy", array)
 
 
 # ---------------------------------------------------------------- runs
 
 
-def run(script, work, *flags):
-    command = [sys.executable, str(ROOT / script), "--workdir", str(work), "-q", *flags]
+def run(root, script, work, *flags):
+    command = [sys.executable, str(root / script), "--workdir", str(work), "-q", *flags]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
 
 
+def what_was_trained(work):
+    """The working size and the epochs of every fold, from what train.py left."""
+    config = json.loads((work / "model" / "config.json").read_text())
+    h, w = config["settings"]["input_size"]
+    epochs = sum(len(pd.read_csv(p)) for p in (work / "model").glob("history_fold*.csv"))
+    return f"{w}x{h}", epochs
+
+
 def bench(name, recipe, data, args):
     x, y, subjects, tx, ty = data
     work = args.workdir / name / recipe.replace(" ", "_")
+    shutil.rmtree(work, ignore_errors=True)
     write_arrays(work, x, y, subjects, tx)
+    root = args.baseline if recipe == "baseline" else ROOT
     flags = RECIPES[recipe] + (args.extra if recipe == "kit defaults" else [])
     started = time.time()
-    run("train.py", work, "--time-limit", str(args.budget), *flags)
+    run(root, "train.py", work, "--time-limit", str(args.budget), *flags)
     trained = time.time() - started
-    run("predict.py", work)
+    run(root, "predict.py", work)
     masks = np.load(work / "imgs_mask_test.npy")
-    return metrics.mean_dice(masks, ty), trained, time.time() - started
+    return (metrics.mean_dice(masks, ty), trained, time.time() - started, *what_was_trained(work))
 
 
 def main():
@@ -131,15 +166,17 @@ def main():
         print(f"{name}: {len(data[0])} training, {len(data[3])} held-out images "
               f"{data[0].shape[2]}x{data[0].shape[1]} ({empty:.0%} of held-out frames empty)")
         for recipe in args.recipes:
-            dice, trained, total = bench(name, recipe, data, args)
-            rows.append((name, recipe, dice, trained, total))
+            dice, trained, total, size, epochs = bench(name, recipe, data, args)
+            rows.append((name, recipe, dice, trained, total, size, epochs))
             print(
-                f"  {recipe:<13} mean Dice {dice:.3f}  train {trained:4.0f} s  "
-                f"total {total:4.0f} s", flush=True)
-    print("\n| data set | recipe | mean Dice (held out) | training s | train + predict s |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, recipe, dice, trained, total in rows:
-        print(f"| {name} | {recipe} | {dice:.3f} | {trained:.0f} | {total:.0f} |")
+                f"  {recipe:<13} mean Dice {dice:.3f}  size {size}, {epochs} epochs  "
+                f"train {trained:4.0f} s  total {total:4.0f} s", flush=True)
+    print("\n| data set | recipe | mean Dice (held out) | working size | epochs | train.py s | "
+          "train + predict s |")
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: |")
+    for name, recipe, dice, trained, total, size, epochs in rows:
+        print(
+            f"| {name} | {recipe} | {dice:.3f} | {size} | {epochs} | {trained:.0f} | {total:.0f} |")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ def summary_section(work, models, config, table):
             (test.reshape(len(test), -1).max(1) == 0).mean()) if len(test) else float("nan"))
         rows.append(("test frames predicted empty", f"{empty:.0%} of {len(test)}"))
     h, w = models[0].input_shape[1:3]
+    rows.append(("working size", plan_text(config.plan, w, h)))
     averaged = " (averaged)" if len(models) > 1 else ""
     rows += [("threshold", f"{config.threshold:.2f}"),
              ("minimum mask area", f"{config.min_area} px"),
@@ -88,6 +89,20 @@ def summary_section(work, models, config, table):
              ("precision", config.precision)]
     return (f'<p class="score">validation Dice {config.validation_dice_untuned:.4f} '
             f"(tuned {config.validation_dice:.4f})</p>" + table_html(rows))
+
+
+def plan_text(plan, w, h):
+    """How train.py chose the working size (kit/budget.py), in one line."""
+    if not plan:
+        return f"{w}x{h}, given (--image-size, --patch) or resumed"
+    objects = (f"objects {plan['object_diameter']:.0f} px across"
+               if plan["object_diameter"] else "no objects")
+    text = f"{w}x{h}: {objects}, so at least {plan['smallest'][1]}x{plan['smallest'][0]}"
+    if "seconds_per_step" in plan:
+        timed = ", ".join(f"{t:.2f} s at {size}" for size, t in plan["seconds_per_step"].items())
+        text += (f"; training steps took {timed}: about {plan['predicted_epochs']} epochs in "
+                 f"{plan['seconds']} s per fold")
+    return text
 
 
 def distribution_section(table):

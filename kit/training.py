@@ -4,12 +4,14 @@ tuned and measured on them."""
 
 import logging
 import sys
+import time
 
 import numpy as np
 
 from kit import callbacks, dataset, figures, inference, metrics, model
 from kit.cli import import_tensorflow
 from kit.files import UserError, atomic_path
+from kit.images import resize_stack
 
 tf = import_tensorflow()
 import keras  # noqa: E402
@@ -25,7 +27,7 @@ PRESETS = {
 # Settings a resumed run may change: they do not change what the training computes.
 RESUMABLE = {
     "resume", "quiet", "verbose", "time_limit", "fold", "raw", "workdir", "tensorboard", "summary",
-    "gpus", "weights", "preset", "tune", "tta", "class_weights"
+    "gpus", "weights", "preset", "tune", "tta", "class_weights", "plan"
 }
 
 # ---------------------------------------------------------------- hardware
@@ -79,11 +81,13 @@ def resume_options(s, data):
     return {**options, "--precision": keras.mixed_precision.global_policy().name, **data}
 
 
-def compiled_model(s, mean, std, strategy):
+def compiled_model(s, mean, std, strategy, size=None, initial=True):
+    """The recipe's network at `size` (default: s.input_size), compiled; with `initial`, the
+    --weights loaded."""
     with strategy.scope():
-        net = model.build_unet(s.input_size, s.channels, model.outputs_for(s.classes), s.width,
-                               s.depth, s.dropout, s.batchnorm, mean, std)
-        if s.weights:
+        net = model.build_unet(size or s.input_size, s.channels, model.outputs_for(s.classes),
+                               s.width, s.depth, s.dropout, s.batchnorm, mean, std)
+        if s.weights and initial:
             model.load_initial_weights(net, s.weights)
         loss = model.loss_for(s.loss, s.classes, s.class_weights)
         net.compile(keras.optimizers.Adam(s.lr), loss, metrics=[model.dice_metric(s.classes)])
@@ -160,6 +164,23 @@ def train_fold(s, fold, train, val, mean, std, deadline, strategy):
     with atomic_path(final) as tmp:
         net.save(tmp)
     state.save(done=True)
+
+
+def seconds_per_step(s, size, images, masks, sizes, strategy, steps=3):
+    """Median seconds of this recipe's training step at `size` on these frames (augmentation
+    and all), after a first step that traces and compiles."""
+    n = min(len(images), s.batch_size * (steps + 1))
+    crop = None if sizes is None else sizes[:n]
+    x = resize_stack(images[:n], size, "area", crop=crop)
+    y = dataset.resize_masks(masks[:n], size, s.classes, crop)
+    net = compiled_model(s, float(x.mean()), float(x.std()) or 1.0, strategy, size, initial=False)
+    data = dataset.dataset(x, y, s.batch_size, s.seed, range(steps + 1), s.classes, shuffle=True,
+                           augment=s.augment)
+    ends = []
+    clock = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: ends.append((float(logs["loss"]), time.time())[1]))
+    net.fit(data.repeat(), epochs=1, steps_per_epoch=steps + 1, verbose=0, callbacks=[clock])
+    return float(np.median(np.diff(ends)))
 
 
 # ---------------------------------------------------------------- out of fold
