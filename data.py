@@ -89,8 +89,8 @@ def competition_folder(args):
 def main(argv=None):
     args = get_args(argv)
     cli.setup_logging(args)
-    if args.classes < 1:
-        raise UserError(f"--classes {args.classes}: give at least 1 foreground class")
+    if not 1 <= args.classes <= 254:
+        raise UserError(f"--classes {args.classes}: give 1 to 254 foreground classes")
     if args.images or args.dsb:
         return arrays.write_sets(layouts.folders(args), args.workdir, args, one_size=False)
     if args.channels != 1 or args.classes != 1:

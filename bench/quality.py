@@ -50,7 +50,7 @@ def get_args():
         help="another checkout of the kit (e.g. a worktree of an earlier commit): "
         "the 'baseline' recipe runs its defaults")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
-                   help="flags added to the kit's train.py")
+                   help="flags added to the kit's train.py (kit defaults and baseline)")
     return p.parse_args()
 
 
@@ -144,7 +144,7 @@ def bench(name, recipe, data, args):
     shutil.rmtree(work, ignore_errors=True)
     write_arrays(work, x, y, subjects, tx)
     root = args.baseline if recipe == "baseline" else ROOT
-    flags = RECIPES[recipe] + (args.extra if recipe == "kit defaults" else [])
+    flags = RECIPES[recipe] + (args.extra if recipe != "tutorial" else [])
     started = time.time()
     run(root, "train.py", work, "--time-limit", str(args.budget), *flags)
     trained = time.time() - started
