@@ -10,13 +10,15 @@ or GIF, grayscale or colour (--channels 3 keeps RGB). Sets of mixed sizes are st
 on a canvas as large as the largest image, with each image's own size beside them, and come
 back at that size from predict.py. Masks are binary (0/255 or 0/1) or, with --classes K,
 labels 0..K; palette PNGs are read as their indices, instance masks are merged.
+Also writes contradictions.csv: frames of one subject that show the same view but whose masks
+disagree (kit/duplicates.py); --drop-contradictions drops the empty-masked one of each pair.
 """
 
 import logging
 import os
 from pathlib import Path
 
-from kit import arrays, cli, demo, layouts
+from kit import arrays, cli, demo, duplicates, layouts
 from kit.files import COMPETITION, UserError, has_train_test, in_kaggle_notebook
 from kit.files import kaggle_input_root, unpack_zips
 
@@ -59,6 +61,10 @@ def get_args(argv=None):
                    help="skip training images without a mask (and masks without an image)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="decoding threads")
     p.add_argument("--seed", type=int, default=0, help="seed of the demo data")
+    p.add_argument("--drop-contradictions", action="store_true",
+                   help="drop the empty-masked frame of each pair in contradictions.csv")
+    p.add_argument("--similarity", type=float, default=duplicates.SIMILAR,
+                   help="thumbnail correlation from which a subject's two frames are one view")
     add_layout_flags(p)
     return p.parse_args(argv)
 
@@ -91,13 +97,18 @@ def main(argv=None):
     cli.setup_logging(args)
     if not 1 <= args.classes <= 254:
         raise UserError(f"--classes {args.classes}: give 1 to 254 foreground classes")
-    if args.images or args.dsb:
-        return arrays.write_sets(layouts.folders(args), args.workdir, args, one_size=False)
-    if args.channels != 1 or args.classes != 1:
+    if not 0 < args.similarity <= 1:
+        raise UserError(f"--similarity {args.similarity}: give a correlation above 0, at most 1")
+    folders = bool(args.images or args.dsb)
+    if not folders and (args.channels != 1 or args.classes != 1):
         raise UserError("the competition's frames are grayscale with binary masks: --channels and "
                         "--classes are for --images/--dsb folders")
-    sets = layouts.competition(competition_folder(args), args.skip_unpaired)
-    arrays.write_sets(sets, args.workdir, args, one_size=True)
+    sets = (layouts.folders(args)
+            if folders else layouts.competition(competition_folder(args), args.skip_unpaired))
+    arrays.write_sets(sets, args.workdir, args, one_size=not folders)
+    # Read back from the arrays just written: the one place every layout's frames meet.
+    duplicates.check(args.workdir, [stem for stem, _, _ in sets.train], args.drop_contradictions,
+                     args.similarity)
 
 
 if __name__ == "__main__":

@@ -131,3 +131,20 @@ def write_sets(sets, work, args, one_size):
              f"{len(sets.test)} test images ({kinds} size(s), {args.channels} channel(s), "
              f"{args.classes} foreground class(es)){', test masks kept' if sets.scored else ''}"
              f" -> {work}")
+
+
+def keep_training_frames(work, keep):
+    """Rewrite the training arrays (images, masks, subjects, sizes where present) with only the
+    frames `keep` (sorted indices), a chunk at a time: never the whole set in memory."""
+    names = [TRAIN_IMAGES, TRAIN_MASKS, SUBJECTS, size_name("train")]
+    names = [name for name in names if path(work, name).exists()]
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            source = load(work, name, "training array", RERUN, mmap=True)
+            tmp = stack.enter_context(atomic_path(path(work, name)))
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=source.dtype,
+                                            shape=(len(keep), *source.shape[1:]))
+            for start in range(0, len(keep), 256):
+                out[start:start + 256] = source[keep[start:start + 256]]
+            out.flush()
+            del out, source  # closes both maps before the renames
