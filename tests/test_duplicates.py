@@ -77,7 +77,8 @@ def test_data_py_lists_the_pairs_and_drops_the_empty_member(tmp_path):
     raw, work = tmp_path / "raw", tmp_path / "work"
     write_competition(raw, images, masks, subjects)
     result = run_script("data.py", "--raw", raw, "--workdir", work, "--drop-contradictions")
-    assert "2 near-duplicate pair(s) with disagreeing masks (1 with one mask empty)" in result.stdout
+    said = "2 near-duplicate pair(s) with disagreeing masks (1 with one mask empty)"
+    assert said in result.stdout
     rows = read_csv(work / duplicates.NAME)
     assert [(r["name_a"], r["name_b"], r["empty"], r["dropped"])
             for r in rows] == [("1_1", "1_3", "b", "1_3"), ("1_2", "1_4", "", "")]
