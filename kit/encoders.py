@@ -8,8 +8,11 @@ import os
 import warnings
 from collections import namedtuple
 
-import keras
-from keras import layers, ops
+from kit.cli import import_tensorflow
+
+import_tensorflow()  # before Keras: hides TensorFlow's start-up noise
+import keras  # noqa: E402
+from keras import layers, ops  # noqa: E402
 
 STRIDE = 32          # every backbone halves the size 5 times: the working size is a multiple
 ENCODER = "encoder"  # the nested model that holds the backbone's layers (see freeze)

@@ -19,7 +19,7 @@ import cv2  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kit.model import depth_of  # noqa: E402
+from kit.model import stride_of  # noqa: E402
 
 log = logging.getLogger(__name__)
 THRESHOLDS = np.round(np.arange(0.2, 0.91, 0.05), 2)
@@ -79,13 +79,23 @@ def probabilities(models, images, batch_size, tta, quiet=True, sizes=None):
 # ---------------------------------------------------------------- tiles
 
 
-def fully_convolutional(model):
-    """The same network and weights, taking images of any size (a multiple of 2^depth)."""
-    config = model.get_config()
+def resized_inputs(config, size):
+    """A functional model's config with its inputs, and those of models nested in it (an
+    encoder's backbone), taking images of `size` (H, W), or of any size where size is None."""
     for layer in config["layers"]:
         if layer["class_name"] == "InputLayer":
-            layer["config"]["batch_shape"] = (None, None, None, model.input_shape[-1])
-    flexible = keras.Model.from_config(config)
+            shape = layer["config"]["batch_shape"]
+            layer["config"]["batch_shape"] = (None, *(size or (None, None)), shape[-1])
+        elif "layers" in layer["config"]:
+            resized_inputs(layer["config"], size)
+    return config
+
+
+def fully_convolutional(model, size=None):
+    """The same network and weights, taking images of `size` (H, W), or of any size where size is
+    None: a multiple of its stride. Tiles pass their size: the encoders' bilinear upsampling
+    needs the sizes known when it is traced."""
+    flexible = keras.Model.from_config(resized_inputs(model.get_config(), size))
     flexible.set_weights(model.get_weights())
     return flexible
 
@@ -134,14 +144,14 @@ def tiled_probabilities(models, image, tile, overlap, per_pass, tta):
 
 def tile_models(models, tile, overlap):
     """The models ready for tiles of this size, and the overlap (default a quarter of the tile)."""
-    depth = depth_of(models[0])
+    stride = stride_of(models[0])
     overlap = overlap or tile // 4
-    if tile % 2**depth:
-        raise UserError(f"--tile {tile} must be a multiple of {2**depth} (2^depth of the model)")
+    if tile % stride:
+        raise UserError(f"--tile {tile} must be a multiple of {stride} (the model's stride)")
     if not 0 <= overlap < tile / 2:
         raise UserError(f"--overlap {overlap} must be less than half of --tile {tile}")
     if tuple(models[0].input_shape[1:3]) != (tile, tile):
-        models = [fully_convolutional(m) for m in models]
+        models = [fully_convolutional(m, (tile, tile)) for m in models]
     return models, overlap
 
 

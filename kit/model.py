@@ -2,7 +2,7 @@
 
 import logging
 
-from kit import metrics
+from kit import encoders, metrics
 from kit.cli import import_tensorflow
 from kit.files import UserError
 
@@ -234,6 +234,14 @@ def classes_of(model):
 
 def depth_of(model):
     return sum(isinstance(layer, layers.MaxPooling2D) for layer in model.layers)
+
+
+def stride_of(model):
+    """What the sides of the model's input must be multiples of: 2^depth for the kit's U-Net,
+    encoders.STRIDE for a U-Net on a backbone (which has no MaxPooling2D of its own)."""
+    if any(layer.name == encoders.ENCODER for layer in model.layers):
+        return encoders.STRIDE
+    return 2**depth_of(model)
 
 
 def load_initial_weights(model, path):
