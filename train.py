@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kit import arrays, budget, cli, config, dataset, images, metrics, model, training
+from kit import arrays, budget, cli, config, dataset, encoders, images, metrics, model, training
 from kit.files import UserError, atomic_path
 
 import keras  # noqa: E402  (after kit: TensorFlow's start-up noise is hidden there)
@@ -73,6 +73,12 @@ def add_recipe_flags(p):
         "--weights", type=Path, metavar="FILE",
         help="initial weights (.weights.h5 or .keras, e.g. an earlier fold0.keras); "
         "layers that do not fit start fresh; never downloaded")
+    g.add_argument("--encoder", choices=["none", *encoders.ENCODERS], default="none",
+                   help="U-Net on this keras.applications backbone (none: the kit's own U-Net)")
+    g.add_argument("--encoder-weights", metavar="FILE|imagenet",
+                   help="the backbone's no-top ImageNet weights file (imagenet: download them)")
+    g.add_argument("--freeze-encoder-epochs", type=int, default=0, metavar="N",
+                   help="train the decoder alone for the first N epochs")
 
 
 def add_validation_flags(p):
@@ -124,16 +130,33 @@ def folds_to_train(args):
     return todo
 
 
+def check_encoder_flags(args):
+    if args.encoder == "none" and (args.encoder_weights or args.freeze_encoder_epochs):
+        raise UserError(f"--encoder-weights and --freeze-encoder-epochs are for a pretrained "
+                        f"encoder: add --encoder NAME ({', '.join(encoders.ENCODERS)})")
+    if args.freeze_encoder_epochs < 0:
+        raise UserError(f"--freeze-encoder-epochs {args.freeze_encoder_epochs}: give 0 or more")
+    if args.encoder != "none" and not args.encoder_weights:
+        log.warning(f"--encoder {args.encoder} without --encoder-weights: the backbone starts "
+                    f"from random weights")
+
+
+def stride(args):
+    """What the working size's sides must be multiples of: the kit's U-Net halves them `depth`
+    times, every encoder 5 times."""
+    return encoders.STRIDE if args.encoder != "none" else 2**args.depth
+
+
 def working_size(args, f, strategy, seconds):
     """(H, W) the network trains at: --patch, --image-size, or planned (see kit/budget.py) from
     the objects and, with a time limit, from training steps timed here within `seconds`."""
-    stride = 2**args.depth
     if not (args.patch or args.image_size):
         return planned_size(args, f, strategy, seconds)
     size = [args.patch] * 2 if args.patch else list(args.image_size)
-    if size[0] % stride or size[1] % stride:
+    if size[0] % stride(args) or size[1] % stride(args):
         flag = f"--patch {args.patch}" if args.patch else f"--image-size {size[0]} {size[1]}"
-        raise UserError(f"{flag} must be a multiple of {stride} (2^depth)")
+        why = "2^depth" if args.encoder == "none" else f"the stride of --encoder {args.encoder}"
+        raise UserError(f"{flag} must be a multiple of {stride(args)} ({why})")
     return size, None
 
 
@@ -151,7 +174,7 @@ def planned_size(args, f, strategy, seconds):
     diameters = budget.object_diameters(f.masks, args.classes, sizes)
     diameter = min(diameters.values()) if diameters else None
     longest = None if args.time_limit else budget.LONGEST
-    candidates = budget.size_range(np.median(f.sizes, axis=0), diameter, 2**args.depth, longest)
+    candidates = budget.size_range(np.median(f.sizes, axis=0), diameter, stride(args), longest)
     plan = {"object_diameter": diameter and round(diameter, 1), "smallest": candidates[0]}
     objects = f"objects {diameter:.0f} px across" if diameter else "no objects"
     if not args.time_limit:
@@ -201,12 +224,19 @@ def resolve_budget_defaults(args):
 
 
 def print_summary(args):
-    net = model.build_unet(args.input_size, args.channels, model.outputs_for(args.classes),
-                           args.width, args.depth, args.dropout, args.batchnorm)
+    outputs = model.outputs_for(args.classes)
+    if args.encoder != "none":  # random weights: the summary needs no weights file
+        net = encoders.build(args.encoder, args.input_size, args.channels, outputs,
+                             decoder_width=args.width)
+        field = f"encoder {args.encoder}, stride {encoders.STRIDE}"
+    else:
+        net = model.build_unet(args.input_size, args.channels, outputs, args.width, args.depth,
+                               args.dropout, args.batchnorm)
+        field = model.receptive_field(args.depth)
+        field = f"receptive field {field}x{field} pixels of the input"
     net.summary()
-    field = model.receptive_field(args.depth)
     print(f"input {args.input_size[1]}x{args.input_size[0]}: {net.count_params():,} parameters, "
-          f"receptive field {field}x{field} pixels of the input")
+          f"{field}")
 
 
 def train_folds(args, todo, f, started, strategy):
@@ -271,6 +301,7 @@ def main(argv=None):
     cli.setup_logging(args)
     started = time.time()
     todo = folds_to_train(args)
+    check_encoder_flags(args)
     keras.utils.set_random_seed(args.seed)
     precision = training.choose_precision(args.precision)
     keras.mixed_precision.set_global_policy(precision)

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from kit import callbacks, dataset, figures, inference, metrics, model
+from kit import callbacks, dataset, encoders, figures, inference, metrics, model
 from kit.cli import import_tensorflow
 from kit.files import UserError, atomic_path
 from kit.images import resize_stack
@@ -27,7 +27,7 @@ PRESETS = {
 # Settings a resumed run may change: they do not change what the training computes.
 RESUMABLE = {
     "resume", "quiet", "verbose", "time_limit", "fold", "raw", "workdir", "tensorboard", "summary",
-    "gpus", "weights", "preset", "tune", "tta", "class_weights", "plan"
+    "gpus", "weights", "preset", "tune", "tta", "class_weights", "plan", "encoder_weights"
 }
 
 # ---------------------------------------------------------------- hardware
@@ -81,16 +81,46 @@ def resume_options(s, data):
     return {**options, "--precision": keras.mixed_precision.global_policy().name, **data}
 
 
-def compiled_model(s, mean, std, strategy, size=None, initial=True):
+def encoder_unet(s, size, initial):
+    """--encoder: a U-Net on that backbone, with `initial` its weights from --encoder-weights
+    (FILE, imagenet, or none: random). It normalises the pixels its backbone's way, not by
+    their statistics."""
+    weights = s.encoder_weights if initial else None
+    try:
+        return encoders.build(s.encoder, size, s.channels, model.outputs_for(s.classes), weights,
+                              s.width)
+    except encoders.EncoderWeightsError as e:
+        raise UserError(f"--encoder-weights {e}") from None
+    except Exception as e:  # keras.applications' failed download raises a bare Exception
+        if weights != "imagenet" or type(e) is not Exception:
+            raise
+        raise UserError(f"--encoder-weights imagenet: the download failed ({str(e)[:160]}): give "
+                        f"the file {encoders.ENCODERS[s.encoder].weights_file} instead "
+                        f"(--encoder-weights FILE; in a Kaggle notebook, a dataset added as "
+                        f"input)") from None
+
+
+def compile_model(s, net):
+    loss = model.loss_for(s.loss, s.classes, s.class_weights)
+    net.compile(keras.optimizers.Adam(s.lr), loss, metrics=[model.dice_metric(s.classes)])
+
+
+def compiled_model(s, mean, std, strategy, size=None, initial=True, frozen=False):
     """The recipe's network at `size` (default: s.input_size), compiled; with `initial`, the
-    --weights loaded."""
+    --weights (and --encoder-weights) loaded; frozen: its encoder frozen
+    (--freeze-encoder-epochs)."""
+    size = size or s.input_size
     with strategy.scope():
-        net = model.build_unet(size or s.input_size, s.channels, model.outputs_for(s.classes),
-                               s.width, s.depth, s.dropout, s.batchnorm, mean, std)
+        if s.encoder != "none":
+            net = encoder_unet(s, size, initial)
+        else:
+            net = model.build_unet(size, s.channels, model.outputs_for(s.classes), s.width,
+                                   s.depth, s.dropout, s.batchnorm, mean, std)
         if s.weights and initial:
             model.load_initial_weights(net, s.weights)
-        loss = model.loss_for(s.loss, s.classes, s.class_weights)
-        net.compile(keras.optimizers.Adam(s.lr), loss, metrics=[model.dice_metric(s.classes)])
+        if frozen:
+            encoders.freeze(net)
+        compile_model(s, net)
     return net
 
 
@@ -127,12 +157,54 @@ def restored(s, fold, net, state, strategy):
     return first
 
 
+def fit(s, fold, net, data, chain, first, last):
+    """Epochs first to last - 1 of a fold. data: (train, val) as for train_fold."""
+    if first >= last:
+        return
+    (x, y, sizes), (val_x, val_y, val_sizes) = data
+    train_ds, val_ds, steps = dataset.fold_datasets(s, fold, x, y, val_x, val_y, (sizes, val_sizes),
+                                                    first)
+    for callback in chain:  # a fit after the warm-up goes on with the same log
+        if isinstance(callback, keras.callbacks.CSVLogger):
+            callback.append = first > 0
+    verbose = 0 if s.quiet else 1 if sys.stdout.isatty() else 2
+    net.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
+            steps_per_epoch=steps, callbacks=[callbacks.MarkCompleteEpochs(steps),
+                                              *chain], verbose=verbose)
+
+
+def starts_frozen(s, state):
+    """--freeze-encoder-epochs N: whether the model to start (or resume) has its encoder frozen.
+    The state saved after any of the first N epochs holds the frozen model's optimizer."""
+    saved = state.saved() if s.resume else None
+    done = saved["epoch"] if saved else 0
+    return 0 < s.freeze_encoder_epochs and done <= s.freeze_encoder_epochs
+
+
+def fit_fold(s, fold, net, data, chain, first, state, strategy):
+    """The epochs from `first` on; with --freeze-encoder-epochs N, those before N train the
+    decoder alone, the rest the whole network with a fresh optimizer (Keras fixes the trainable
+    variables when it compiles)."""
+    warm = min(s.freeze_encoder_epochs, s.epochs)
+    if first < warm:
+        fit(s, fold, net, data, chain, first, warm)
+        if net.stop_training:  # time limit, signal, patience or the planned epochs reached
+            return
+    if 0 < warm < s.epochs and first <= warm:
+        # The last epoch's weights and optimizer, as a run resumed at this point starts.
+        state.load_weights(net, state.state["weights"])
+        encoders.freeze(net, False)
+        with strategy.scope():
+            compile_model(s, net)
+        log.info(f"fold {fold}: encoder unfrozen after epoch {warm}, with a fresh optimizer")
+    fit(s, fold, net, data, chain, max(first, warm), s.epochs)
+
+
 def train_fold(s, fold, train, val, mean, std, deadline, strategy):
     """Train (or, with --resume, go on training) one fold and save it as fold<i>.keras.
     train, val: (images, masks, own sizes) at the working size (or as they are, for patches)."""
     final = s.workdir / "model" / f"fold{fold}.keras"
     keras.utils.set_random_seed(s.seed + fold)  # each fold on its own: resumable alone
-    net = compiled_model(s, mean, std, strategy)
     data = {
         "training frames": len(train[0]),
         "validation frames": len(val[0]),
@@ -143,18 +215,14 @@ def train_fold(s, fold, train, val, mean, std, deadline, strategy):
     }
     state = callbacks.TrainingState(s.workdir / "model" / f"backup_fold{fold}",
                                     resume_options(s, data), s.patience)
+    net = compiled_model(s, mean, std, strategy, frozen=starts_frozen(s, state))
     first = restored(s, fold, net, state, strategy)
     if state.state["done"] and final.exists():
         log.info(f"fold {fold}: trained by the interrupted run, {final}")
         return
     chain, stop = fold_callbacks(s, fold, state, first, deadline)
     if first < s.epochs and not state.state["stopped"] and not state.state["done"]:
-        train_ds, val_ds, steps = dataset.fold_datasets(s, fold, *train[:2], *val[:2],
-                                                        (train[2], val[2]), first)
-        verbose = 0 if s.quiet else 1 if sys.stdout.isatty() else 2
-        net.fit(train_ds, validation_data=val_ds, epochs=s.epochs, initial_epoch=first,
-                steps_per_epoch=steps, callbacks=[callbacks.MarkCompleteEpochs(steps),
-                                                  *chain], verbose=verbose)
+        fit_fold(s, fold, net, (train, val), chain, first, state, strategy)
     if stop.signalled:
         log.warning(f"{stop.signalled}: fold {fold} stopped; its {state.state['epoch']} complete "
                     f"epochs are saved in {state.folder}: run the same command with --resume "
