@@ -79,6 +79,8 @@ def add_recipe_flags(p):
                    help="the backbone's no-top ImageNet weights file (imagenet: download them)")
     g.add_argument("--freeze-encoder-epochs", type=int, default=0, metavar="N",
                    help="train the decoder alone for the first N epochs")
+    g.add_argument("--ema", action="store_true",
+                   help="validate, keep and save the moving average of the weights")
 
 
 def add_validation_flags(p):

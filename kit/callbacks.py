@@ -12,6 +12,7 @@ starts it again. The data order and augmentation depend only on (seed, epoch, st
 kit/dataset.py), so a resumed run ends as an uninterrupted one with the same seed would.
 """
 
+import contextlib
 import json
 import logging
 import math
@@ -143,13 +144,31 @@ class TrainingState(keras.callbacks.Callback):
         score = logs.get(self.monitor, -math.inf)
         if score > best:
             best, best_epoch = score, epoch
-            best_weights = self.save_weights(f"best{epoch + 1}.weights.h5")
+            with averaged_weights(self.model):  # --ema: the weights that were validated
+                best_weights = self.save_weights(f"best{epoch + 1}.weights.h5")
         stopped = epoch - best_epoch >= self.patience
         self.model.stop_training |= stopped
         weights = self.save_weights(f"epoch{epoch + 1}.weights.h5")
         self.save(epoch=epoch + 1, best=best, best_epoch=best_epoch, best_weights=best_weights,
                   weights=weights, stopped=stopped, logs=logs,
                   rng=[np.asarray(v).tolist() for v in rng_variables(self.model)])
+
+
+@contextlib.contextmanager
+def averaged_weights(model):
+    """With train.py --ema (an optimizer with use_ema), the moving average of the weights in the
+    model for a while, swapped in and out as Keras' SwapEMAWeights does around validation."""
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # loss scaling
+    if not getattr(optimizer, "use_ema", False):
+        yield
+        return
+    swap = keras.callbacks.SwapEMAWeights()
+    swap.set_model(model)
+    swap.on_test_begin()
+    try:
+        yield
+    finally:
+        swap.on_test_end()
 
 
 def truncate_history(path, epochs):

@@ -29,6 +29,7 @@ RESUMABLE = {
     "resume", "quiet", "verbose", "time_limit", "fold", "raw", "workdir", "tensorboard", "summary",
     "gpus", "weights", "preset", "tune", "tta", "class_weights", "plan", "encoder_weights"
 }
+EMA_MOMENTUM = 0.99  # --ema: an average over about the last 100 steps
 
 # ---------------------------------------------------------------- hardware
 
@@ -102,7 +103,10 @@ def encoder_unet(s, size, initial):
 
 def compile_model(s, net):
     loss = model.loss_for(s.loss, s.classes, s.class_weights)
-    net.compile(keras.optimizers.Adam(s.lr), loss, metrics=[model.dice_metric(s.classes)])
+    # --ema: validation, the epoch kept and the saved model all use the averaged weights
+    # (SwapEMAWeights in fold_callbacks, callbacks.averaged_weights, fit's own finalisation).
+    adam = keras.optimizers.Adam(s.lr, use_ema=s.ema, ema_momentum=EMA_MOMENTUM)
+    net.compile(adam, loss, metrics=[model.dice_metric(s.classes)])
 
 
 def compiled_model(s, mean, std, strategy, size=None, initial=True, frozen=False):
@@ -142,6 +146,8 @@ def fold_callbacks(s, fold, state, first, deadline):
     ]
     if s.tensorboard:
         chain.append(callbacks.tensorboard(model_dir / "tensorboard" / f"fold{fold}"))
+    if s.ema:  # validation sees the averaged weights; the state kept for --resume, the raw ones
+        chain.append(keras.callbacks.SwapEMAWeights())
     return chain, stop
 
 
@@ -191,7 +197,7 @@ def fit_fold(s, fold, net, data, chain, first, state, strategy):
         if net.stop_training:  # time limit, signal, patience or the planned epochs reached
             return
     if 0 < warm < s.epochs and first <= warm:
-        # The last epoch's weights and optimizer, as a run resumed at this point starts.
+        # The last epoch's own weights: fit ends by putting the --ema average in their place.
         state.load_weights(net, state.state["weights"])
         encoders.freeze(net, False)
         with strategy.scope():
