@@ -1,5 +1,5 @@
-"""Training data: subject-grouped folds, the working size, and the tf.data pipelines that feed
-model.fit (whole images at the working size, or random patches of large images)."""
+"""Training data: subject-grouped folds, and the tf.data pipelines that feed model.fit (whole
+images at the working size, or random patches of large images)."""
 
 import logging
 import math
@@ -12,21 +12,6 @@ from kit.images import resize_stack
 
 tf = import_tensorflow()
 log = logging.getLogger(__name__)
-
-
-def choose_image_size(masks, time_limit, depth, sizes=None):
-    """Working size from the objects' size: the smallest scale that keeps a typical object
-    about 24 pixels across, never above 256 pixels on the long side (or 160 on a tight budget)."""
-    h, w = np.median(sizes, axis=0) if sizes is not None else masks.shape[1:3]
-    sample = masks[::max(1, len(masks) // 500)]
-    areas = (sample.reshape(len(sample), -1) > 0).sum(1)
-    areas = areas[areas > 0]
-    diameter = 2 * math.sqrt(np.median(areas) / math.pi) if len(areas) else min(h, w)
-    scale = min(1.0, 24 / diameter)
-    longest = 160 if 0 < time_limit <= 1200 else 256
-    scale = min(max(scale, 64 / min(h, w)), longest / max(h, w))
-    step = 2**depth
-    return [max(step, round(h * scale / step) * step), max(step, round(w * scale / step) * step)]
 
 
 def subject_folds(subjects, k, seed):
