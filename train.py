@@ -27,6 +27,7 @@ from kit.files import UserError, atomic_path
 import keras  # noqa: E402  (after kit: TensorFlow's start-up noise is hidden there)
 
 log = logging.getLogger(__name__)
+TRAINING_SHARE = 0.95   # of --time-limit; the rest for out-of-fold predictions and records
 
 
 @dataclasses.dataclass
@@ -246,7 +247,10 @@ def train_folds(args, todo, f, started, strategy):
     folds = dataset.subject_folds(f.subjects, args.folds, args.seed)
     probs, index = [], []
     for n, fold in enumerate(todo):
-        deadline = started + args.time_limit * (n + 1) / len(todo) if args.time_limit else 0
+        # 5% of the budget is left for what follows the training: out-of-fold predictions,
+        # tuning, records; the run as a whole then ends within --time-limit.
+        share = TRAINING_SHARE * args.time_limit * (n + 1) / len(todo)
+        deadline = started + share if args.time_limit else 0
         train, val = folds != fold, folds == fold
         log.info(f"fold {fold}: {train.sum()} training, {val.sum()} validation frames "
                  f"(subjects {sorted(set(f.subjects[val].tolist()))})")
@@ -318,7 +322,8 @@ def main(argv=None):
         args.input_size = working_size(args, f, strategy, 0)[0]
         return print_summary(args)
     args.class_weights = dataset.class_weights(f.masks, args.classes, f.sizes)
-    seconds = (args.time_limit - (time.time() - started)) / len(todo) if args.time_limit else 0
+    spent = time.time() - started
+    seconds = (TRAINING_SHARE * args.time_limit - spent) / len(todo) if args.time_limit else 0
     args.input_size, args.plan = working_size(args, f, strategy, seconds)
     h, w = np.median(f.sizes, axis=0).astype(int)
     log.info(f"{len(f.images)} images {w}x{h}{' (median: mixed sizes)' if f.mixed else ''} -> "
