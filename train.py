@@ -52,7 +52,7 @@ def add_recipe_flags(p):
     g.add_argument("--preset", choices=sorted(training.PRESETS),
                    help="a named recipe, whose values become the defaults")
     g.add_argument("--epochs", type=int,
-                   help="most epochs per fold (default: 60; with --time-limit, what it buys)")
+                   help="most epochs per fold (default: 60; with --fill-budget, what it buys)")
     g.add_argument("--batch-size", type=int, default=16, help="global batch size")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam")
     g.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
@@ -60,7 +60,7 @@ def add_recipe_flags(p):
     g.add_argument("--loss", choices=model.LOSS_NAMES, default="bce_dice",
                    help="training loss (label masks: binary names mean their categorical twins)")
     g.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="working size (default: from the objects and the measured speed)")
+                   help="working size (default: from the size of the masks)")
     g.add_argument("--width", type=int, default=16, help="filters of the first level (doubling)")
     g.add_argument("--depth", type=int, default=4, help="number of down-sampling levels")
     g.add_argument("--dropout", type=float, default=0.1, help="spatial dropout at the bottleneck")
@@ -90,7 +90,7 @@ def add_validation_flags(p):
     g.add_argument("--fold", default="0", help="fold to train, or 'all' for an ensemble")
     g.add_argument("--patience", type=int,
                    help="epochs without validation gain before stopping (default: 15; with "
-                        "--time-limit, none)")
+                        "--fill-budget, none)")
     g.add_argument("--no-tune", dest="tune", action="store_false",
                    help="keep threshold 0.5 and no minimum area instead of tuning them")
     g.add_argument("--no-tta", dest="tta", action="store_false",
@@ -100,6 +100,10 @@ def add_validation_flags(p):
 def add_run_flags(p):
     g = p.add_argument_group("the run")
     g.add_argument("--time-limit", type=float, default=0, help="seconds for the whole run; 0: none")
+    g.add_argument("--fill-budget", action="store_true",
+                   help="with --time-limit: size from the objects and from steps timed here, "
+                        "epochs to fill the budget (kit/budget.py; not yet the default: see "
+                        "bench/README.md)")
     g.add_argument("--precision", default="auto",
                    choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
                    help="auto: bf16 where the hardware has it, float16 on older GPUs")
@@ -174,15 +178,15 @@ def planned_size(args, f, strategy, seconds):
     if args.resume and interrupted_size(args):
         return interrupted_size(args), None
     sizes = f.sizes if f.mixed else None
+    if not (args.fill_budget and args.time_limit):
+        size, diameter = budget.default_size(f.masks, args.time_limit, stride(args), sizes)
+        log.info(f"working size {size[1]}x{size[0]}: masks {diameter:.0f} px across")
+        return size, {"mask_diameter": round(diameter, 1)}
     diameters = budget.object_diameters(f.masks, args.classes, sizes)
     diameter = min(diameters.values()) if diameters else None
-    longest = None if args.time_limit else budget.LONGEST
-    candidates = budget.size_range(np.median(f.sizes, axis=0), diameter, stride(args), longest)
+    candidates = budget.size_range(np.median(f.sizes, axis=0), diameter, stride(args))
     plan = {"object_diameter": diameter and round(diameter, 1), "smallest": candidates[0]}
     objects = f"objects {diameter:.0f} px across" if diameter else "no objects"
-    if not args.time_limit:
-        log.info(f"working size {candidates[0][1]}x{candidates[0][0]}: {objects}")
-        return candidates[0], plan
     frames = round(len(f.images) * (1 - 1 / args.folds))   # of a training fold
     steps = dataset.steps_per_epoch(frames, args.batch_size, args.augment)
     timing = lambda size: training.seconds_per_step(args, size, f.images, f.masks, sizes, strategy)
@@ -218,12 +222,13 @@ def to_working_size(args, f):
 
 
 def resolve_budget_defaults(args):
-    """Under a time limit the plan decides the epochs, and nothing stops early by default:
+    """With --fill-budget the plan decides the epochs, and nothing stops early by default:
     the schedule spans the planned epochs and the best one is kept."""
+    filling = args.fill_budget and args.time_limit
     if args.epochs is None:
-        args.epochs = 1000 if args.time_limit else 60
+        args.epochs = 1000 if filling else 60
     if args.patience is None:
-        args.patience = args.epochs if args.time_limit else 15
+        args.patience = args.epochs if filling else 15
 
 
 def print_summary(args):
@@ -318,7 +323,7 @@ def main(argv=None):
     args.loss = model.loss_name(args.loss, args.classes)
     resolve_budget_defaults(args)
     if args.summary:
-        args.time_limit = 0   # no steps to time: the size from the objects alone
+        args.fill_budget = False   # no steps to time: the size from the masks alone
         args.input_size = working_size(args, f, strategy, 0)[0]
         return print_summary(args)
     args.class_weights = dataset.class_weights(f.masks, args.classes, f.sizes)

@@ -95,6 +95,8 @@ def plan_text(plan, w, h):
     """How train.py chose the working size (kit/budget.py), in one line."""
     if not plan:
         return f"{w}x{h}, given (--image-size, --patch) or resumed"
+    if "mask_diameter" in plan:
+        return f"{w}x{h}: masks {plan['mask_diameter']:.0f} px across"
     objects = (f"objects {plan['object_diameter']:.0f} px across"
                if plan["object_diameter"] else "no objects")
     text = f"{w}x{h}: {objects}, so at least {plan['smallest'][1]}x{plan['smallest'][0]}"

@@ -35,6 +35,14 @@ def test_each_class_is_measured_and_empty_masks_do_not_count():
     assert budget.object_diameters(np.zeros((3, 8, 8), np.uint8), 1) == {}
 
 
+def test_the_default_size_keeps_a_typical_mask_24_pixels_across():
+    masks = discs(10, (420, 580), 40, 1)  # one disc 80 px across each
+    assert budget.default_size(masks, 0, 16)[0] == [128, 176]  # 24/80 of 420x580, to 16s
+    assert budget.default_size(masks, 600, 16)[0][1] <= 160  # a tight budget: 160 at most
+    empty = np.zeros((4, 64, 96), np.uint8)
+    assert budget.default_size(empty, 0, 16)[0] == [64, 96]  # nothing to see: 64 at least
+
+
 def test_sizes_run_from_the_objects_to_the_original_keeping_the_aspect():
     sizes = budget.size_range((420, 580), 60, 16)
     assert sizes[0] == [160, 224] and sizes[-1] == [416, 576]  # 24/60 of the frame, then all of it
@@ -70,8 +78,8 @@ def test_a_time_limit_sizes_the_run_from_steps_timed_on_this_machine(demo, tmp_p
     raw, work = demo
     for name in ("imgs_train", "imgs_mask_train", "imgs_subject_train"):
         shutil.copy(work / f"{name}.npy", tmp_path)
-    result = run_script("train.py", "--workdir", tmp_path, "--time-limit", 45, "--width", 4,
-                        "--depth", 2, "--folds", 3, "--batch-size", 8)
+    result = run_script("train.py", "--workdir", tmp_path, "--time-limit", 45, "--fill-budget",
+                        "--width", 4, "--depth", 2, "--folds", 3, "--batch-size", 8)
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     plan, (h, w) = config["plan"], config["settings"]["input_size"]
     assert plan["seconds_per_step"] and plan["predicted_epochs"] >= 1
