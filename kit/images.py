@@ -120,7 +120,8 @@ def label_table(classes, label_map=()):
         try:
             source, target = map(int, item.split(":"))
         except ValueError:
-            raise UserError(f"--label-map {item}: write FROM:TO with integers, e.g. 255:1") from None
+            raise UserError(
+                f"--label-map {item}: write FROM:TO with integers, e.g. 255:1") from None
         if not (0 <= source <= 255 and 0 <= target <= classes):
             raise UserError(f"--label-map {item}: FROM must be 0..255 and TO a class 0..{classes}")
         table[source] = target
