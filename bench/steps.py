@@ -11,6 +11,7 @@ one run only: the machine and its load change from run to run.
 
 import argparse
 import sys
+import warnings
 import time
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def get_args():
                    help="working size")
     p.add_argument("--batch-size", type=int, default=16, help="images per step")
     p.add_argument("--steps", type=int, default=6, help="timed steps per setting")
+    p.add_argument("--precisions", nargs="+", metavar="POLICY",
+                   help="Keras precision policies to time (default: float32 and the automatic one)")
     return p.parse_args()
 
 
@@ -54,12 +57,13 @@ def step_seconds(precision, augment, size, batch, steps):
 
 def main():
     args = get_args()
+    warnings.filterwarnings("ignore")   # Keras' shuffle note on tf.data input: not ours to act on
     size = tuple(args.size)
     auto = training.choose_precision("auto")
     print(f"{size[1]}x{size[0]}, batch {args.batch_size}; automatic precision here: {auto}")
     print("| precision | augmentation | s/step | images/s | augmentation's share |")
     print("| --- | --- | ---: | ---: | ---: |")
-    for precision in sorted({"float32", auto}):
+    for precision in args.precisions or sorted({"float32", auto}):
         plain = step_seconds(precision, False, size, args.batch_size, args.steps)
         augmented = step_seconds(precision, True, size, args.batch_size, args.steps)
         for name, seconds in (("none", plain), ("on", augmented)):
