@@ -87,8 +87,9 @@ def write_submission(path, masks, ids, quiet, sizes=None, classes=1, header=HEAD
             mask = np.asarray(masks[i])
             if sizes is not None:
                 mask = mask[:sizes[i][0], :sizes[i][1]]
-            for c in range(1, classes + 1):
-                f.write(f"{row_id(ids[i], c, classes)},{rle_encode(mask == c, *rle)}\n")
+            for c in range(1, classes + 1):   # binary masks are their own class-1 mask
+                runs = rle_encode(mask if classes == 1 else mask == c, *rle)
+                f.write(f"{row_id(ids[i], c, classes)},{runs}\n")
 
 
 def read_submission(path, shape, expected_ids=None, header=HEADER, rle=("F", 1)):
