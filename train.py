@@ -175,8 +175,8 @@ def interrupted_size(args):
 
 
 def planned_size(args, f, strategy, seconds):
-    if args.resume and interrupted_size(args):
-        return interrupted_size(args), None
+    if args.resume and (size := interrupted_size(args)):
+        return size, None
     sizes = f.sizes if f.mixed else None
     if not (args.fill_budget and args.time_limit):
         size, diameter = budget.default_size(f.masks, args.time_limit, stride(args), sizes)
