@@ -500,6 +500,7 @@ def machine(base, v):
     conv = {
         dtype: max(conv_gflops(tf, dtype, c, side) for c, side in levels for _ in range(2))
         for dtype in ("float32", "bfloat16")
+        if dtype == "float32" or gpus or training.cpu_has_bf16()
     }
     source, target = np.ones(2**28, np.uint8), np.zeros(2**28, np.uint8)
     np.copyto(target, source)  # first touch of the pages: not timed
@@ -668,10 +669,9 @@ def print_machine(info, name, v):
     gpu = f", GPU {info['gpu']}" if info["gpu"] else ""
     print(f"machine: {info['cpu']}, {info['cores']} cores, bf16 {'yes' if info['bf16'] else 'no'}"
           f"{gpu}; TensorFlow {info['tensorflow']}, Keras {info['keras']}")
-    print(
-        f"kit precision (auto): {info['precision']}; best 3x3 convolution: float32 "
-        f"{info['conv']['float32']:.0f} GFLOP/s, bfloat16 {info['conv']['bfloat16']:.0f} GFLOP/s; "
-        f"memory copy {info['copy_gbs']:.1f} GB/s; load average {os.getloadavg()[0]:.1f}")
+    print(f"kit precision (auto): {info['precision']}; best 3x3 convolution: "
+          f"{', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in info['conv'].items())}; "
+          f"memory copy {info['copy_gbs']:.1f} GB/s; load average {os.getloadavg()[0]:.1f}")
     print(
         f"volume: {name}, {v['pairs']} training pairs, {v['tests']} test images "
         f"(real images repeated)\n", flush=True)

@@ -3,6 +3,7 @@ saved, the out-of-fold predictions of a run, and the threshold, minimum area and
 tuned and measured on them."""
 
 import logging
+import os
 import sys
 import time
 
@@ -35,6 +36,11 @@ EMA_MOMENTUM = 0.99  # --ema: an average over about the last 100 steps
 
 
 def cpu_has_bf16():
+    """Whether oneDNN may compute bf16 here: the CPU has the units, and ONEDNN_MAX_CPU_ISA (which
+    holds oneDNN to an older instruction set, e.g. AVX2) does not forbid them."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if isa != "ALL" and not any(k in isa for k in ("BF16", "AMX", "AVX10")):
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -118,8 +124,8 @@ def compiled_model(s, mean, std, strategy, size=None, initial=True, frozen=False
         if s.encoder != "none":
             net = encoder_unet(s, size, initial)
         else:
-            net = model.build_unet(size, s.channels, model.outputs_for(s.classes), s.width,
-                                   s.depth, s.dropout, s.batchnorm, mean, std)
+            net = model.build_unet(size, s.channels, model.outputs_for(s.classes), s.width, s.depth,
+                                   s.dropout, s.batchnorm, mean, std)
         if s.weights and initial:
             model.load_initial_weights(net, s.weights)
         if frozen:
