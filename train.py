@@ -27,7 +27,7 @@ from kit.files import UserError, atomic_path
 import keras  # noqa: E402  (after kit: TensorFlow's start-up noise is hidden there)
 
 log = logging.getLogger(__name__)
-TRAINING_SHARE = 0.95   # of --time-limit; the rest for out-of-fold predictions and records
+TRAINING_SHARE = 0.95  # of --time-limit; the rest for out-of-fold predictions and records
 
 
 @dataclasses.dataclass
@@ -88,9 +88,10 @@ def add_validation_flags(p):
     g = p.add_argument_group("validation and post-processing")
     g.add_argument("--folds", type=int, default=5, help="subject-grouped folds")
     g.add_argument("--fold", default="0", help="fold to train, or 'all' for an ensemble")
-    g.add_argument("--patience", type=int,
-                   help="epochs without validation gain before stopping (default: 15; with "
-                        "--fill-budget, none)")
+    g.add_argument(
+        "--patience", type=int,
+        help="epochs without validation gain before stopping (default: 15; with "
+        "--fill-budget, none)")
     g.add_argument("--no-tune", dest="tune", action="store_false",
                    help="keep threshold 0.5 and no minimum area instead of tuning them")
     g.add_argument("--no-tta", dest="tta", action="store_false",
@@ -100,10 +101,11 @@ def add_validation_flags(p):
 def add_run_flags(p):
     g = p.add_argument_group("the run")
     g.add_argument("--time-limit", type=float, default=0, help="seconds for the whole run; 0: none")
-    g.add_argument("--fill-budget", action="store_true",
-                   help="with --time-limit: size from the objects and from steps timed here, "
-                        "epochs to fill the budget (kit/budget.py; not yet the default: see "
-                        "bench/README.md)")
+    g.add_argument(
+        "--fill-budget", action="store_true",
+        help="with --time-limit: size from the objects and from steps timed here, "
+        "epochs to fill the budget (kit/budget.py; not yet the default: see "
+        "bench/README.md)")
     g.add_argument("--precision", default="auto",
                    choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
                    help="auto: bf16 where the hardware has it, float16 on older GPUs")
@@ -187,12 +189,14 @@ def planned_size(args, f, strategy, seconds):
     candidates = budget.size_range(np.median(f.sizes, axis=0), diameter, stride(args))
     plan = {"object_diameter": diameter and round(diameter, 1), "smallest": candidates[0]}
     objects = f"objects {diameter:.0f} px across" if diameter else "no objects"
-    frames = round(len(f.images) * (1 - 1 / args.folds))   # of a training fold
+    frames = round(len(f.images) * (1 - 1 / args.folds))  # of a training fold
     steps = dataset.steps_per_epoch(frames, args.batch_size, args.augment)
     timing = lambda size: training.seconds_per_step(args, size, f.images, f.masks, sizes, strategy)
     size, epochs, measured = budget.plan(candidates, timing, steps, seconds)
-    plan.update(seconds_per_step={f"{w}x{h}": round(t, 4) for (h, w), t in measured.items()},
-                predicted_epochs=epochs, seconds=round(seconds))
+    plan.update(seconds_per_step={
+        f"{w}x{h}": round(t, 4)
+        for (h, w), t in measured.items()
+    }, predicted_epochs=epochs, seconds=round(seconds))
     timed = ", ".join(f"{t:.2f} s at {hw}" for hw, t in plan["seconds_per_step"].items())
     log.info(f"working size {size[1]}x{size[0]}: {objects} (at least "
              f"{candidates[0][1]}x{candidates[0][0]}); steps of {args.batch_size} took {timed}: "
@@ -294,11 +298,14 @@ def save_config(args, todo, f, precision, result):
     threshold, min_area, scores, untuned = result
     settings = {k: v for k, v in vars(args).items() if k not in ("raw", "workdir", "plan")}
     class_scores = {c: {"dice": d, "iou": j} for c, (d, j) in scores.items()}
-    config.save(args.workdir / "model", config.Config(
-        folds=[f"fold{n}.keras" for n in todo], threshold=threshold, min_area=min_area,
-        tta=args.tta, scale=f.scale, tile=args.patch, original_size=list(f.images.shape[1:3]),
-        validation_dice=metrics.overall(scores), validation_dice_untuned=untuned,
-        class_scores=class_scores, precision=precision, plan=args.plan, settings=settings))
+    config.save(
+        args.workdir / "model",
+        config.Config(folds=[f"fold{n}.keras"
+                             for n in todo], threshold=threshold, min_area=min_area, tta=args.tta,
+                      scale=f.scale, tile=args.patch, original_size=list(f.images.shape[1:3]),
+                      validation_dice=metrics.overall(scores), validation_dice_untuned=untuned,
+                      class_scores=class_scores, precision=precision, plan=args.plan,
+                      settings=settings))
     for fold in todo:  # the run is complete: nothing left to resume
         shutil.rmtree(args.workdir / "model" / f"backup_fold{fold}", ignore_errors=True)
     log.info(f"per-class scores on validation images (mean over images):\n"
@@ -323,7 +330,7 @@ def main(argv=None):
     args.loss = model.loss_name(args.loss, args.classes)
     resolve_budget_defaults(args)
     if args.summary:
-        args.fill_budget = False   # no steps to time: the size from the masks alone
+        args.fill_budget = False  # no steps to time: the size from the masks alone
         args.input_size = working_size(args, f, strategy, 0)[0]
         return print_summary(args)
     args.class_weights = dataset.class_weights(f.masks, args.classes, f.sizes)

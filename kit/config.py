@@ -24,7 +24,7 @@ class Config:
     validation_dice_untuned: float = None  # out of fold, threshold 0.5 and no minimum area
     class_scores: dict = None  # {class: {"dice", "iou"}}, tuned
     precision: str = "float32"
-    plan: dict = None   # how the working size was chosen (kit/budget.py), when it was
+    plan: dict = None  # how the working size was chosen (kit/budget.py), when it was
     settings: dict = dataclasses.field(default_factory=dict)  # train.py's options
 
 

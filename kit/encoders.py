@@ -14,7 +14,7 @@ import_tensorflow()  # before Keras: hides TensorFlow's start-up noise
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-STRIDE = 32          # every backbone halves the size 5 times: the working size is a multiple
+STRIDE = 32  # every backbone halves the size 5 times: the working size is a multiple
 ENCODER = "encoder"  # the nested model that holds the backbone's layers (see freeze)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -32,17 +32,17 @@ ENCODERS = {
         keras.applications.MobileNetV2,
         # The expansions before each strided depthwise convolution, as in the TensorFlow
         # segmentation tutorial: the block outputs themselves are narrow linear bottlenecks.
-        ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu",
-         "block_13_expand_relu"),
-        "tf", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
+        ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu"
+         ),
+        "tf",
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
     "efficientnetv2b0": Encoder(
         keras.applications.EfficientNetV2B0,
-        ("block1a_project_activation", "block2b_add", "block3b_add", "block5e_add"),
-        "none", "efficientnetv2-b0_notop.h5"),
-    "resnet50": Encoder(
-        keras.applications.ResNet50,
-        ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out"),
-        "caffe", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        ("block1a_project_activation", "block2b_add", "block3b_add", "block5e_add"), "none",
+        "efficientnetv2-b0_notop.h5"),
+    "resnet50": Encoder(keras.applications.ResNet50,
+                        ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out"),
+                        "caffe", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
 }
 
 
@@ -54,7 +54,7 @@ def _weights_error(path, name, problem):
     hint = f"give the no-top ImageNet weights of {name}"
     if name in ENCODERS:
         hint += f" (keras.applications file name {ENCODERS[name].weights_file})"
-    problem = " ".join(str(problem).split())   # Keras' own messages span several lines
+    problem = " ".join(str(problem).split())  # Keras' own messages span several lines
     if len(problem) > 300:
         problem = problem[:300] + "..."
     return EncoderWeightsError(f"{path} {problem}: {hint}, or a .weights.h5 saved from it")
@@ -88,7 +88,7 @@ def preprocess(name, inputs):
     if mode == "tf":
         x = layers.Rescaling(1 / 127.5, offset=-1, name="to_plus_minus_1")(x)
     elif mode == "caffe":
-        x = ops.flip(x, axis=-1)   # the caffe weights were trained on BGR images
+        x = ops.flip(x, axis=-1)  # the caffe weights were trained on BGR images
         x = layers.Normalization(mean=CAFFE_MEAN_BGR, variance=(1, 1, 1),
                                  name="minus_imagenet_mean")(x)
     return x
@@ -133,7 +133,7 @@ def build(name, image_size, channels=1, outputs=1, weights=None, decoder_width=1
         x = layers.UpSampling2D(interpolation="bilinear", name=f"decoder{level}_up")(x)
         if skip is not None:
             x = layers.Concatenate(name=f"decoder{level}_concat")([x, skip])
-        x = conv_block(x, decoder_width * 2 ** level, f"decoder{level}")
+        x = conv_block(x, decoder_width * 2**level, f"decoder{level}")
     # The last layer stays float32 under mixed precision so that the loss is computed in float32.
     activation = "sigmoid" if outputs == 1 else "softmax"
     x = layers.Conv2D(outputs, 1, activation=activation, dtype="float32", name="mask")(x)
