@@ -116,10 +116,12 @@ def conv_block(x, filters, name):
     return x
 
 
-def build(name, image_size, channels=1, outputs=1, weights=None, decoder_width=16):
+def build(name, image_size, channels=1, outputs=1, weights=None, decoder_width=16, head=None):
     """U-Net with the backbone `name` (a key of ENCODERS) as its encoder, taking raw pixel
     values 0..255 of image_size (rows, cols), both multiples of STRIDE. outputs: 1 (sigmoid,
-    binary masks) or K+1 (softmax, label masks). weights: as for build_encoder."""
+    binary masks) or K+1 (softmax, label masks). weights: as for build_encoder. head: a function
+    of the stride-32 bottleneck making a second output (train.py --gate: model.presence_head,
+    passed in because kit/model.py imports this module)."""
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}: choose one of {', '.join(ENCODERS)}")
     if any(side % STRIDE for side in image_size):
@@ -127,6 +129,7 @@ def build(name, image_size, channels=1, outputs=1, weights=None, decoder_width=1
                          f"both sides must be multiples of {STRIDE}")
     inputs = keras.Input((*image_size, channels))
     *skips, x = build_encoder(name, image_size, weights)(preprocess(name, inputs))
+    bottleneck = x
     # Level k works at stride 2**k: upsample, join the skip of that stride (none at full size),
     # convolve.
     for level, skip in reversed(list(enumerate([None, *skips]))):
@@ -137,7 +140,7 @@ def build(name, image_size, channels=1, outputs=1, weights=None, decoder_width=1
     # The last layer stays float32 under mixed precision so that the loss is computed in float32.
     activation = "sigmoid" if outputs == 1 else "softmax"
     x = layers.Conv2D(outputs, 1, activation=activation, dtype="float32", name="mask")(x)
-    return keras.Model(inputs, x, name=f"unet_{name}")
+    return keras.Model(inputs, [x, head(bottleneck)] if head else x, name=f"unet_{name}")
 
 
 def encoder_of(model):

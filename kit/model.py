@@ -14,6 +14,7 @@ from keras import layers, ops  # noqa: E402
 log = logging.getLogger(__name__)
 
 SMOOTH = 1.0
+MASK, PRESENCE = "mask", "presence"  # the outputs of a model with a presence head (--gate)
 
 # ---------------------------------------------------------------- the network
 
@@ -28,8 +29,9 @@ def conv_block(x, filters, batchnorm):
 
 
 def build_unet(image_size, channels=1, classes=1, width=16, depth=4, dropout=0.1, batchnorm=True,
-               mean=0.0, std=1.0):
-    """U-Net taking raw pixel values: the normalisation statistics live inside the model."""
+               mean=0.0, std=1.0, gate=False):
+    """U-Net taking raw pixel values: the normalisation statistics live inside the model.
+    gate: a second output, the probability that the image holds any foreground (presence_head)."""
     inputs = keras.Input((*image_size, channels))
     x = layers.Normalization(mean=mean, variance=std**2)(inputs)
     skips = []
@@ -40,14 +42,23 @@ def build_unet(image_size, channels=1, classes=1, width=16, depth=4, dropout=0.1
     x = conv_block(x, width * 2**depth, batchnorm)
     if dropout:
         x = layers.SpatialDropout2D(dropout)(x)
+    bottleneck = x
     for level in reversed(range(depth)):
         x = layers.Conv2DTranspose(width * 2**level, 2, strides=2, padding="same")(x)
         x = layers.Concatenate()([x, skips[level]])
         x = conv_block(x, width * 2**level, batchnorm)
     # The last layer stays float32 under mixed precision so that the loss is computed in float32.
     activation = "sigmoid" if classes == 1 else "softmax"
-    outputs = layers.Conv2D(classes, 1, activation=activation, dtype="float32")(x)
-    return keras.Model(inputs, outputs, name="unet")
+    mask = layers.Conv2D(classes, 1, activation=activation, dtype="float32", name=MASK)(x)
+    return keras.Model(inputs, [mask, presence_head(bottleneck)] if gate else mask, name="unet")
+
+
+def presence_head(bottleneck):
+    """train.py --gate: "is there anything in this image", from the deepest features, where
+    each pixel sees the most context. Trained with cross-entropy beside the mask; a frame it
+    calls empty is emptied (kit/inference.py). float32 as the mask, for the loss."""
+    pooled = layers.GlobalAveragePooling2D(name="presence_pool")(bottleneck)
+    return layers.Dense(1, activation="sigmoid", dtype="float32", name=PRESENCE)(pooled)
 
 
 # ---------------------------------------------------------------- losses
@@ -226,9 +237,20 @@ def outputs_for(classes):
     return 1 if classes == 1 else classes + 1
 
 
+def mask_shape(model):
+    """(None, h, w, channels) of the mask output, whether or not a presence head follows it."""
+    return tuple(model.output_shape[0] if has_presence(model) else model.output_shape)
+
+
+def has_presence(model):
+    """Whether the model has the presence head of train.py --gate as its second output (Keras
+    gives a list of shapes for a model of several outputs, one shape otherwise)."""
+    return isinstance(model.output_shape, list)
+
+
 def classes_of(model):
     """Foreground classes a saved model predicts: the output channels say it, nothing else."""
-    outputs = model.output_shape[-1]
+    outputs = mask_shape(model)[-1]
     return 1 if outputs == 1 else outputs - 1
 
 
