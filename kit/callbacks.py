@@ -255,6 +255,19 @@ class MarkCompleteEpochs(keras.callbacks.Callback):
             logs["complete"] = float(self.steps >= self.steps_per_epoch)
 
 
+class MaskMetricNames(keras.callbacks.Callback):
+    """A model with a presence head (train.py --gate) has two outputs, and Keras then names the
+    mask's metric after its output: mask_dice, val_mask_dice. They go back to dice and val_dice,
+    the names that the best epoch, the history, the curves and the report read. Put it first."""
+
+    NAMES = {"mask_dice": "dice", "val_mask_dice": "val_dice"}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for old, new in self.NAMES.items():
+            if logs is not None and old in logs:
+                logs[new] = logs.pop(old)
+
+
 class PlotCurves(keras.callbacks.Callback):
     """Redraws the curves PNG from the history CSV after every epoch (put it after the
     CSVLogger)."""

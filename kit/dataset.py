@@ -9,6 +9,7 @@ import numpy as np
 from kit.augment import make_augmenter
 from kit.cli import import_tensorflow
 from kit.images import resize_stack
+from kit.model import MASK, PRESENCE
 
 tf = import_tensorflow()
 log = logging.getLogger(__name__)
@@ -39,11 +40,11 @@ def steps_per_epoch(n, batch_size, drop_remainder):
 
 
 def dataset(images, masks, batch_size, seed=0, epochs=range(1), classes=1, shuffle=False,
-            augment=False):
+            augment=False, presence=False):
     """The batches of every epoch in `epochs`, one epoch after the other. Each epoch is
     shuffled and augmented from (seed, epoch, step) alone, with stateless ops: a resumed run
     sees exactly the batches an uninterrupted one would have. Augmented epochs drop the last,
-    partial batch."""
+    partial batch. presence: the targets of a model with a presence head (see with_presence)."""
     n = len(images)
     batch_size = min(batch_size, n)
     steps = steps_per_epoch(n, batch_size, augment)
@@ -62,7 +63,8 @@ def dataset(images, masks, batch_size, seed=0, epochs=range(1), classes=1, shuff
     def load(step, index):
         images = tf.cast(tf.gather(x, index), tf.float32)
         masks = targets(tf.gather(y, index), classes)
-        return augmenter(step, images, masks) if augment else (images, masks)
+        images, masks = augmenter(step, images, masks) if augment else (images, masks)
+        return images, with_presence(masks) if presence else masks
 
     ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(one_epoch)
     # flat_map hides the length from Keras: say it
@@ -75,6 +77,13 @@ def targets(masks, classes):
     if classes == 1:
         return tf.cast(masks, tf.float32)
     return tf.one_hot(tf.cast(masks[..., 0], tf.int32), classes + 1)
+
+
+def with_presence(masks):
+    """The targets of train.py --gate: the masks, and whether each holds any foreground once
+    augmented (a shift or zoom may take a small nerve out of the frame)."""
+    present = tf.cast(tf.reduce_max(masks, axis=[1, 2, 3]) > 0, tf.float32)[:, None]
+    return {MASK: masks, PRESENCE: present}
 
 
 def batches(ds, batch_size, drop_remainder, augment, seed, classes):
@@ -176,8 +185,9 @@ def fold_datasets(s, fold, x_train, y_train, x_val, y_val, sizes, first):
     if not s.patch:
         steps = steps_per_epoch(len(x_train), s.batch_size, s.augment)
         train = dataset(x_train, y_train, s.batch_size, s.seed + fold, range(first, s.epochs),
-                        s.classes, shuffle=True, augment=s.augment)
-        return train, dataset(x_val, y_val, s.batch_size * 2, classes=s.classes), steps
+                        s.classes, shuffle=True, augment=s.augment, presence=s.gate)
+        val = dataset(x_val, y_val, s.batch_size * 2, classes=s.classes, presence=s.gate)
+        return train, val, steps
     # Random patches come from a generator: resumption continues with fresh draws, not the same.
     train = random_patches(x_train, y_train, sizes[0], s.patch, s.batch_size, s.seed + fold,
                            s.classes)
