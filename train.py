@@ -9,7 +9,8 @@ Writes into --workdir/model/: fold<i>.keras (the network, with its working size 
 statistics inside), config.json (threshold, minimum area, scores...: kit/config.py),
 history_fold<i>.csv and curves.png (every epoch), validation.csv (each validation frame's
 Dice), tuning.csv (the scores the threshold and minimum area were picked from), oof.npz (the
-out-of-fold probabilities), and backup_fold<i>/ until the run completes (for --resume).
+out-of-fold probabilities; with --gate, each frame's presence too), and backup_fold<i>/ until
+the run completes (for --resume).
 """
 
 import dataclasses
@@ -252,9 +253,10 @@ def print_summary(args):
 
 
 def train_folds(args, todo, f, started, strategy):
-    """Train each fold; return the out-of-fold probabilities, their frames, and the folds."""
+    """Train each fold; return the out-of-fold probabilities, presence (None without --gate),
+    their frames, and the folds."""
     folds = dataset.subject_folds(f.subjects, args.folds, args.seed)
-    probs, index = [], []
+    probs, presence, index = [], [], []
     for n, fold in enumerate(todo):
         # 5% of the budget is left for what follows the training: out-of-fold predictions,
         # tuning, records; the run as a whole then ends within --time-limit.
@@ -265,23 +267,28 @@ def train_folds(args, todo, f, started, strategy):
                  f"(subjects {sorted(set(f.subjects[val].tolist()))})")
         training.train_fold(args, fold, (f.x[train], f.y[train], f.sizes[train]),
                             (f.x[val], f.y[val], f.sizes[val]), f.mean, f.std, deadline, strategy)
-        probs.append(training.out_of_fold(args, fold, f.images[val], f.sizes[val], f.mixed))
+        p, q = training.out_of_fold(args, fold, f.images[val], f.sizes[val], f.mixed)
+        probs.append(p)
+        presence.append(q)
         index.append(np.flatnonzero(val))
-    return np.concatenate(probs), np.concatenate(index), folds
+    presence = None  # without a presence head
+    return np.concatenate(probs), presence, np.concatenate(index), folds
 
 
-def evaluate(args, probs, index, folds, f, todo):
+def evaluate(args, probs, presence, index, folds, f, todo):
     """Tune and score the out-of-fold predictions, and record them for the report."""
     truth = f.masks[index]
     original = np.prod(np.median(f.sizes, axis=0)) / np.prod(args.input_size)
     pixel_area = 1.0 if args.patch else float(original)
     # Tiled probabilities lie on the canvas already; whole-image ones go back to each own size.
     place = f.sizes[index] if f.mixed and not args.patch else None
-    threshold, min_area, grid, pred, scores, untuned = training.evaluate(
-        args, probs, truth, truth if args.patch else f.y[index], pixel_area, place)
+    post, grid, pred, scores, untuned = training.evaluate(args, probs, truth,
+                                                          truth if args.patch else f.y[index],
+                                                          pixel_area, place, presence)
     model_dir = args.workdir / "model"
     with atomic_path(model_dir / "oof.npz") as tmp:  # for stacking, ensembling, tuning by hand
-        np.savez(tmp, index=index, probs=probs.astype(np.float16))
+        gate = {} if presence is None else {"presence": presence}
+        np.savez(tmp, index=index, probs=probs.astype(np.float16), **gate)
     frames = {
         "index": index,
         "subject": f.subjects[index],
@@ -291,18 +298,17 @@ def evaluate(args, probs, index, folds, f, todo):
         "dice": metrics.dice_per_image(pred, truth)
     }
     training.save_records(model_dir, frames, grid, todo)
-    return threshold, min_area, scores, untuned
+    return post, scores, untuned
 
 
 def save_config(args, todo, f, precision, result):
-    threshold, min_area, scores, untuned = result
+    post, scores, untuned = result
     settings = {k: v for k, v in vars(args).items() if k not in ("raw", "workdir", "plan")}
     class_scores = {c: {"dice": d, "iou": j} for c, (d, j) in scores.items()}
     config.save(
         args.workdir / "model",
-        config.Config(folds=[f"fold{n}.keras"
-                             for n in todo], threshold=threshold, min_area=min_area, tta=args.tta,
-                      scale=f.scale, tile=args.patch, original_size=list(f.images.shape[1:3]),
+        config.Config(folds=[f"fold{n}.keras" for n in todo], **post, tta=args.tta, scale=f.scale,
+                      tile=args.patch, original_size=list(f.images.shape[1:3]),
                       validation_dice=metrics.overall(scores), validation_dice_untuned=untuned,
                       class_scores=class_scores, precision=precision, plan=args.plan,
                       settings=settings))
@@ -310,8 +316,10 @@ def save_config(args, todo, f, precision, result):
         shutil.rmtree(args.workdir / "model" / f"backup_fold{fold}", ignore_errors=True)
     log.info(f"per-class scores on validation images (mean over images):\n"
              f"{metrics.format_class_scores(scores)}")
+    gate = ""
     log.info(f"validation Dice {untuned:.4f} at threshold 0.5; {metrics.overall(scores):.4f} with "
-             f"threshold {threshold:.2f} and minimum area {min_area} px tuned on these same frames")
+             f"threshold {post['threshold']:.2f}, minimum area {post['min_area']} px{gate} tuned "
+             f"on these same frames")
 
 
 def main(argv=None):
@@ -344,8 +352,8 @@ def main(argv=None):
              f"{precision}, loss {args.loss}, {strategy.num_replicas_in_sync} replica(s)")
     to_working_size(args, f)
     (args.workdir / "model").mkdir(parents=True, exist_ok=True)
-    probs, index, folds = train_folds(args, todo, f, started, strategy)
-    result = evaluate(args, probs, index, folds, f, todo)
+    probs, presence, index, folds = train_folds(args, todo, f, started, strategy)
+    result = evaluate(args, probs, presence, index, folds, f, todo)
     save_config(args, todo, f, precision, result)
     log.info(f"trained in {time.time() - started:.0f} s -> {args.workdir / 'model'}")
 

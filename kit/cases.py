@@ -40,9 +40,11 @@ def make_case(image, truth, label, models, config):
     if config.tile:  # trained on patches: predicted by tiles, as predict.py does
         tiled, overlap = tile_models(models, config.tile, 0)
         probs = tiled_probabilities(tiled, image, config.tile, overlap, 8, config.tta)[None]
+        presence = None
     else:
-        probs = probabilities(models, image[None], 1, config.tta)
-    mask = final_masks(probs, size, config.threshold, config.min_area)[0]
+        probs, presence = probabilities(models, image[None], 1, config.tta)
+    mask = final_masks(probs, size, config.threshold, config.min_area, presence=presence,
+                       presence_threshold=config.presence_threshold)[0]
     foreground = (1 - probs[..., 0] if probs.ndim == 4 else probs
                   )  # label masks: any class but background
     return dict(image=image, truth=None if truth is None else np.asarray(truth), label=label,

@@ -16,6 +16,7 @@ class Config:
     folds: list  # the model files of the run, averaged by predict.py
     threshold: float = 0.5  # probability above which a pixel is foreground
     min_area: int = 0  # smaller predicted masks are emptied (original pixels)
+    presence_threshold: float = 0.0  # --gate: images of lower presence are predicted empty
     tta: bool = True  # average over the horizontal flip
     scale: list = (1.0, 1.0)  # working size / original size, (H, W)
     tile: int = 0  # trained on patches of this size: predict by tiles
@@ -43,6 +44,7 @@ def load(model_dir):
             **{f.name: data[f.name]
                for f in dataclasses.fields(Config) if f.name in data})
         config.threshold, config.min_area = float(config.threshold), int(config.min_area)
+        config.presence_threshold = float(config.presence_threshold)
         if not config.folds or not all(isinstance(f, str) for f in config.folds):
             raise ValueError("no model files listed")
     except (ValueError, KeyError, TypeError) as e:

@@ -107,18 +107,27 @@ def distribution_figure(table):
     return fig
 
 
-def tuning_figure(tuning, threshold, min_area):
+def tuning_figure(tuning, threshold, min_area, presence_threshold=0.0):
     """The mean Dice of every threshold (at its best minimum area, and with none), and of every
-    minimum area at the chosen threshold: where the saved values come from."""
+    minimum area at the chosen threshold: where the saved values come from. With train.py --gate,
+    at the chosen presence threshold, and the best of every threshold without the gate beside."""
     fig = figure()
     left, right = fig.subplots(1, 2)
+    everything = tuning
+    if "presence_threshold" in tuning:
+        tuning = tuning[np.isclose(tuning["presence_threshold"], presence_threshold)]
     per_threshold = tuning.groupby("threshold")["dice"]
     left.plot(per_threshold.max().index,
               per_threshold.max().to_numpy(), marker=".", label="best minimum area")
     no_gate = tuning[tuning["min_area"] == 0].groupby("threshold")["dice"].max()
     left.plot(no_gate.index, no_gate.to_numpy(), "--", marker=".", label="no minimum area")
+    if presence_threshold:
+        ungated = everything[everything["presence_threshold"] == 0].groupby("threshold")["dice"]
+        left.plot(ungated.max().index,
+                  ungated.max().to_numpy(), ":", marker=".", label="no presence gate")
     left.axvline(threshold, color="C3", label=f"chosen {threshold:.2f}")
-    left.set(title="mean Dice by threshold", xlabel="probability threshold")
+    gate = f", presence threshold {presence_threshold:.1f}" if presence_threshold else ""
+    left.set(title=f"mean Dice by threshold{gate}", xlabel="probability threshold")
     chosen = tuning[np.isclose(tuning["threshold"], threshold)].sort_values("min_area")
     right.plot(chosen["min_area"], chosen["dice"], marker=".", label=f"threshold {threshold:.2f}")
     right.axvline(min_area, color="C3", label=f"chosen {min_area} px")

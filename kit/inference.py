@@ -19,10 +19,11 @@ import cv2  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kit.model import stride_of  # noqa: E402
+from kit.model import has_presence, mask_shape, stride_of  # noqa: E402
 
 log = logging.getLogger(__name__)
 THRESHOLDS = np.round(np.arange(0.2, 0.91, 0.05), 2)
+PRESENCE_THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.1), 2)  # tried beside 0: no gate
 
 # ---------------------------------------------------------------- the model
 
@@ -41,39 +42,56 @@ def load_models(model_dir):
         except Exception as e:  # whatever the reason, the one fix is to train again
             raise UserError(f"{path} cannot be loaded ({str(e).splitlines()[0][:120]}): "
                             f"run `python train.py` again") from None
-    shapes = {(m.input_shape[1:], m.output_shape[1:]) for m in models}
-    if len(shapes) > 1 or any(m.output_shape[1:3] != m.input_shape[1:3] for m in models):
+    shapes = {(m.input_shape[1:], mask_shape(m)[1:], has_presence(m)) for m in models}
+    if len(shapes) > 1 or any(mask_shape(m)[1:3] != m.input_shape[1:3] for m in models):
         raise UserError(f"the models in {model_dir / config_file.NAME} do not share one input "
                         f"size ({sorted(map(str, shapes))}): run `python train.py` again")
+    if config.presence_threshold and not has_presence(models[0]):
+        raise UserError(f"{model_dir / config_file.NAME} sets presence_threshold "
+                        f"{config.presence_threshold} but its models have no presence output "
+                        f"(train.py --gate): set it to 0, or run `python train.py` again")
     return models, config
 
 
 def forward(models, x, tta):
-    """The models' mean output for a batch of images (N, h, w[, C]) at their input scale and,
-    with tta, over the horizontal flip (both in one forward pass): (N, h, w) foreground
-    probabilities for a binary model, (N, h, w, K + 1) class probabilities otherwise."""
+    """The models' mean outputs for a batch of images (N, h, w[, C]) at their input scale and,
+    with tta, over the horizontal flip (both in one forward pass): (probabilities, presence).
+    probabilities: (N, h, w) foreground probabilities for a binary model, (N, h, w, K + 1) class
+    probabilities otherwise; presence: (N,) the probability that each image holds any
+    foreground, where every model has a presence head (train.py --gate), else None."""
     x = np.asarray(x, np.float32)
     x = x[..., None] if x.ndim == 3 else x
     n = len(x)
     if tta:
         x = np.concatenate([x, x[:, :, ::-1]])
-    p = np.mean([np.asarray(m.predict_on_batch(x), np.float32) for m in models], axis=0)
+    gated = all(map(has_presence, models))
+    outputs = [m.predict_on_batch(x) for m in models]
+    p = np.mean(
+        [np.asarray(o[0] if has_presence(m) else o, np.float32) for m, o in zip(models, outputs)],
+        axis=0)
     p = (p[:n] + p[n:, :, ::-1]) / 2 if tta else p
-    return p[..., 0] if p.shape[-1] == 1 else p
+    presence = None
+    if gated:
+        q = np.mean([np.asarray(o[1], np.float32)[:, 0] for o in outputs], axis=0)
+        presence = (q[:n] + q[n:]) / 2 if tta else q
+    return (p[..., 0] if p.shape[-1] == 1 else p), presence
 
 
 def probabilities(models, images, batch_size, tta, quiet=True, sizes=None):
-    """Probabilities (see forward) of each image resized to the models' working size;
-    sizes: each image's own (H, W) where a set mixes sizes."""
+    """(probabilities, presence) (see forward) of each image resized to the models' working
+    size; sizes: each image's own (H, W) where a set mixes sizes."""
     size = models[0].input_shape[1:3]
-    classes = models[0].output_shape[-1]
+    classes = mask_shape(models[0])[-1]
     out = np.empty((len(images), *size, *([classes] if classes > 1 else [])), np.float32)
+    presence = np.empty(len(images), np.float32) if all(map(has_presence, models)) else None
     for start in progress(range(0, len(images), batch_size), quiet or len(images) <= batch_size,
                           desc="predict", unit="batch"):
         crop = None if sizes is None else sizes[start:start + batch_size]
         x = resize_stack(images[start:start + batch_size], size, "area", crop=crop)
-        out[start:start + len(x)] = forward(models, x, tta)
-    return out
+        out[start:start + len(x)], q = forward(models, x, tta)
+        if presence is not None:
+            presence[start:start + len(x)] = q
+    return out, presence
 
 
 # ---------------------------------------------------------------- tiles
@@ -121,13 +139,14 @@ def tile_starts(length, tile, overlap):
 def tiled_probabilities(models, image, tile, overlap, per_pass, tta):
     """Probabilities (see forward) of one image of any size at the models' scale, from
     overlapping tiles blended with cosine ramps; the borders are mirrored (reflect padding)
-    so that every pixel is predicted with context. Memory: the image and one float32 buffer."""
+    so that every pixel is predicted with context. Memory: the image and one float32 buffer.
+    A presence head is left unused: it was trained to judge whole images, not tiles."""
     h, w = image.shape[:2]
     ys, pad_y = tile_starts(h, tile, overlap)
     xs, pad_x = tile_starts(w, tile, overlap)
     spec = [(overlap, pad_y), (overlap, pad_x)] + [(0, 0)] * (image.ndim - 2)
     padded = np.pad(image, spec, mode="symmetric" if min(h, w) < 2 else "reflect")
-    classes = models[0].output_shape[-1]
+    classes = mask_shape(models[0])[-1]
     out = np.zeros((*padded.shape[:2], *([classes] if classes > 1 else [])), np.float32)
     ramp_y, ramp_x = blending_ramp(tile, overlap), blending_ramp(tile, overlap)
     weight = ramp_y[:, None] * ramp_x[None, :]
@@ -136,7 +155,7 @@ def tiled_probabilities(models, image, tile, overlap, per_pass, tta):
     corners = [(y, x) for y in ys for x in xs]
     for start in range(0, len(corners), per_pass):
         batch = corners[start:start + per_pass]
-        p = forward(models, np.stack([padded[y:y + tile, x:x + tile] for y, x in batch]), tta)
+        p = forward(models, np.stack([padded[y:y + tile, x:x + tile] for y, x in batch]), tta)[0]
         for (y, x), tile_p in zip(batch, p):
             out[y:y + tile, x:x + tile] += tile_p * weight
     return out[overlap:overlap + h, overlap:overlap + w]
@@ -171,9 +190,11 @@ def predict_by_tiles(models, image, size, config, tile, overlap, per_pass):
 # ---------------------------------------------------------------- post-processing
 
 
-def final_masks(probs, size, threshold, min_area, out=None, sizes=None):
-    """Upsample to the original size, threshold, and empty every mask smaller than min_area;
-    class probabilities (N, h, w, K + 1) become label masks (the likeliest class).
+def final_masks(probs, size, threshold, min_area, out=None, sizes=None, presence=None,
+                presence_threshold=0.0):
+    """Upsample to the original size, threshold, and empty every mask smaller than min_area, or
+    whose image's presence (see forward) is below presence_threshold; class probabilities
+    (N, h, w, K + 1) become label masks (the likeliest class).
     sizes: each image's own size, top-left on a canvas of `size`. One image at a time in threads
     (OpenCV drops the GIL): never a full-size float copy of them all."""
     if out is None:
@@ -186,7 +207,8 @@ def final_masks(probs, size, threshold, min_area, out=None, sizes=None):
             mask = np.argmax(full, axis=-1).astype(np.uint8)
         else:
             mask = np.greater(full, threshold).view(np.uint8)
-            mask = 0 if np.count_nonzero(mask) < min_area else mask
+            absent = presence is not None and presence[i] < presence_threshold
+            mask = 0 if absent or np.count_nonzero(mask) < min_area else mask
         if sizes is not None:
             out[i] = 0
         out[i, :h, :w] = mask
@@ -196,32 +218,50 @@ def final_masks(probs, size, threshold, min_area, out=None, sizes=None):
     return out
 
 
-def tune_postprocessing(probs, truth, pixel_area, grid=None):
-    """Threshold and minimum area (in original pixels) that maximise the mean Dice.
+def area_candidates(area):
+    """Minimum areas worth trying (working pixels): none, and quantiles of the non-empty masks'
+    areas up to the 60th percentile."""
+    if not (area > 0).any():
+        return np.zeros(1)
+    return np.unique(np.concatenate([[0], np.quantile(area[area > 0], np.linspace(0, 0.6, 31))]))
 
-    Tuned at the working size (pixel_area original pixels per working pixel): the area gate
-    only ever empties whole masks, so every candidate is scored from per-image counts.
-    Every (threshold, minimum area, score) tried is appended to the list `grid` if given."""
+
+def tune_postprocessing(probs, truth, pixel_area, grid=None, presence=None):
+    """The threshold, minimum area (in original pixels) and, where the models give presence (see
+    forward), the presence threshold that maximise the mean Dice: a dict of final_masks' names.
+
+    Tuned at the working size (pixel_area original pixels per working pixel): both gates only
+    ever empty whole masks, so every candidate is scored from per-image counts. A frame is
+    predicted empty when its mask is smaller than the minimum area or its presence is below the
+    presence threshold; a presence threshold of 0 never gates, and is kept on ties: the gate
+    must earn its place. Every (threshold, minimum area, presence threshold, score) tried is
+    appended to the list `grid` if given."""
     truth = truth.reshape(len(truth), -1).astype(bool)
     truth_area = truth.sum(1)
-    best = (-1.0, 0.5, 0)
+    empty_score = (truth_area == 0).astype(float)
+    gates = [0.0] if presence is None else [0.0, *PRESENCE_THRESHOLDS]
+    best, ungated = (0.5, 0, 0.0, -1.0), -1.0
     for t in THRESHOLDS:
         pred = probs.reshape(len(probs), -1) > t
         area = pred.sum(1)
         dice = metrics.dice_from_counts((pred & truth).sum(1), area + truth_area)
-        empty_score = (truth_area == 0).astype(float)
-        for min_area in np.unique(
-                np.concatenate([[0],
-                                np.quantile(area[area > 0], np.linspace(0, 0.6, 31)) if
-                                (area > 0).any() else []])):
-            score = np.where(area < min_area, empty_score, dice).mean()
-            if grid is not None:
-                grid.append((float(t), int(round(min_area * pixel_area)), float(score)))
-            if score > best[0] + 1e-9:
-                best = (score, float(t), int(round(min_area * pixel_area)))
-    log.info(f"tuned on {len(probs)} validation images: threshold {best[1]:.2f}, "
-             f"minimum area {best[2]} px (Dice at working size {best[0]:.4f})")
-    return best[1], best[2]
+        for min_area in area_candidates(area):
+            for gate in gates:
+                emptied = (area < min_area) | (gate > 0 and presence < gate)
+                score = float(np.where(emptied, empty_score, dice).mean())
+                row = (float(t), int(round(min_area * pixel_area)), float(gate), score)
+                if grid is not None:
+                    grid.append(row)
+                if score > best[-1] + 1e-9:
+                    best = row
+                if gate == 0:
+                    ungated = max(ungated, score)
+    threshold, min_area, gate, score = best
+    gated = (f", presence threshold {gate:.1f} (without the presence gate: {ungated:.4f})"
+             if presence is not None else "")
+    log.info(f"tuned on {len(probs)} validation images: Dice at working size {score:.4f} with "
+             f"threshold {threshold:.2f}, minimum area {min_area} px{gated}")
+    return dict(threshold=threshold, min_area=min_area, presence_threshold=gate)
 
 
 # ---------------------------------------------------------------- a whole set
@@ -232,6 +272,9 @@ def predict_set(models, config, images, sizes, out, batch_size, chunk, tile=0, o
     """Final masks of a set of images into `out` (N, H, W): by tiles at the training scale, or
     whole images resized to the working size, `chunk` images in memory at a time."""
     if tile:
+        if config.presence_threshold:
+            log.warning("by tiles, the presence gate (config.json's presence_threshold) is not "
+                        "applied: it was trained to judge whole images")
         per_pass = max(1, batch_size * int(np.prod(models[0].input_shape[1:3])) // tile**2)
         models, overlap = tile_models(models, tile, overlap)
         for i in progress(range(len(images)), quiet, desc="tiled images"):
@@ -243,7 +286,9 @@ def predict_set(models, config, images, sizes, out, batch_size, chunk, tile=0, o
     for start in progress(range(0, len(images), chunk), quiet, desc="test chunks"):
         part = images[start:start + chunk]
         crop = None if sizes is None else sizes[start:start + chunk]
-        probs = probabilities(models, part, batch_size, config.tta, quiet=True, sizes=crop)
+        probs, presence = probabilities(models, part, batch_size, config.tta, quiet=True,
+                                        sizes=crop)
         final_masks(probs, images.shape[1:3], config.threshold, config.min_area,
-                    out=out[start:start + len(part)], sizes=crop)
+                    out=out[start:start + len(part)], sizes=crop, presence=presence,
+                    presence_threshold=config.presence_threshold)
     return out

@@ -82,13 +82,34 @@ def summary_section(work, models, config, table):
     rows.append(("working size", plan_text(config.plan, w, h)))
     averaged = " (averaged)" if len(models) > 1 else ""
     rows += [("threshold", f"{config.threshold:.2f}"),
-             ("minimum mask area", f"{config.min_area} px"),
-             ("models", f"{', '.join(config.folds)}{averaged}, working size {w}x{h}, "
+             ("minimum mask area", f"{config.min_area} px")]
+    if config.settings.get("gate") or config.presence_threshold:
+        rows.append(("presence threshold", presence_text(config.presence_threshold)))
+    rows += [("models", f"{', '.join(config.folds)}{averaged}, working size {w}x{h}, "
               f"{models[0].count_params():,} parameters each"),
              ("test-time augmentation", "horizontal flip" if config.tta else "none"),
              ("precision", config.precision)]
     return (f'<p class="score">validation Dice {config.validation_dice_untuned:.4f} '
             f"(tuned {config.validation_dice:.4f})</p>" + table_html(rows))
+
+
+def presence_text(presence_threshold):
+    """What the presence gate of train.py --gate does with the tuned presence threshold."""
+    if not presence_threshold:
+        return "0.0: the presence output did not help on the validation frames, so it is unused"
+    return (f"{presence_threshold:.1f}: an image whose presence probability is below it is "
+            f"predicted empty")
+
+
+def gate_gain(tuning, config):
+    """The presence threshold picked, and the best tuned Dice without the presence gate beside
+    the best with it (train.py --gate): what the gate bought. '' for a run without it."""
+    if "presence_threshold" not in tuning or not (tuning["presence_threshold"] > 0).any():
+        return ""
+    ungated = tuning.loc[tuning["presence_threshold"] == 0, "dice"].max()
+    return (f", presence threshold {config.presence_threshold:.1f} (an image of lower presence "
+            f"is emptied); best Dice without the presence gate {ungated:.4f}, with it "
+            f"{tuning['dice'].max():.4f}")
 
 
 def plan_text(plan, w, h):
@@ -118,11 +139,12 @@ def tuning_section(model_dir, config):
     if tuning is None or not len(tuning):
         return note(f"not tuned (train.py --no-tune): threshold {config.threshold:.2f}, "
                     f"minimum area {config.min_area} px")
-    figure = figures.tuning_figure(tuning, config.threshold, config.min_area)
+    figure = figures.tuning_figure(tuning, config.threshold, config.min_area,
+                                   config.presence_threshold)
     return note(f"picked on the validation predictions of {len(config.folds)} model(s): "
                 f"threshold {config.threshold:.2f}, minimum area {config.min_area} px "
-                f"(a smaller predicted mask is emptied)") + embed(figure,
-                                                                  "threshold and minimum area")
+                f"(a smaller predicted mask is emptied){gate_gain(tuning, config)}") + embed(
+                    figure, "threshold and minimum area")
 
 
 def cases_section(work, models, config, table):

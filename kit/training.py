@@ -268,35 +268,37 @@ def seconds_per_step(s, size, images, masks, sizes, strategy, steps=4):
 
 
 def out_of_fold(s, fold, images, sizes, mixed):
-    """Probabilities of a fold's validation images by its saved file, loaded outside any
-    distribution strategy exactly as predict.py will load it."""
+    """(probabilities, presence) (see inference.forward) of a fold's validation images by its
+    saved file, loaded outside any distribution strategy exactly as predict.py will load it."""
     saved = keras.models.load_model(s.workdir / "model" / f"fold{fold}.keras", compile=False)
     if not s.patch:
         return inference.probabilities([saved], images, s.batch_size * 4, s.tta, s.quiet,
                                        sizes=sizes if mixed else None)
-    channels = saved.output_shape[-1]
+    channels = model.mask_shape(saved)[-1]
     out = np.zeros((*images.shape[:3], *([channels] if channels > 1 else [])), np.float32)
     for i, (h, w) in enumerate(sizes):  # on the canvas, as the images lie
         out[i, :h, :w] = inference.tiled_probabilities([saved], images[i, :h, :w], s.patch,
                                                        s.patch // 4, s.batch_size, s.tta)
-    return out
+    return out, None
 
 
-def evaluate(s, probs, truth, working_truth, pixel_area, place):
-    """Scores of out-of-fold probabilities: untuned (threshold 0.5, no minimum area) and with
-    the threshold and minimum area tuned on these same predictions (optimistic).
-    Returns (threshold, min_area, tuning grid, final masks, tuned scores, untuned score)."""
+def evaluate(s, probs, truth, working_truth, pixel_area, place, presence=None):
+    """Scores of out-of-fold probabilities: untuned (threshold 0.5, no minimum area, no presence
+    gate) and with the post-processing tuned on these same predictions (optimistic).
+    Returns (post-processing: final_masks' threshold, min_area and presence_threshold, tuning
+    grid, final masks, tuned scores, untuned score)."""
 
-    def scores_at(threshold, min_area):
-        pred = inference.final_masks(probs, truth.shape[1:3], threshold, min_area, sizes=place)
+    def scores_at(post):
+        pred = inference.final_masks(probs, truth.shape[1:3], **post, sizes=place,
+                                     presence=presence)
         return pred, metrics.class_scores(pred, truth, s.classes)
 
-    threshold, min_area, grid = 0.5, 0, []
-    _, untuned = scores_at(threshold, min_area)
+    post, grid = dict(threshold=0.5, min_area=0, presence_threshold=0.0), []
+    _, untuned = scores_at(post)
     if s.tune and s.classes == 1:
-        threshold, min_area = inference.tune_postprocessing(probs, working_truth, pixel_area, grid)
-    pred, tuned = scores_at(threshold, min_area)
-    return threshold, min_area, grid, pred, tuned, metrics.overall(untuned)
+        post = inference.tune_postprocessing(probs, working_truth, pixel_area, grid, presence)
+    pred, tuned = scores_at(post)
+    return post, grid, pred, tuned, metrics.overall(untuned)
 
 
 def save_records(model_dir, frames, grid, folds):
@@ -304,7 +306,7 @@ def save_records(model_dir, frames, grid, folds):
     the tuning grid, and the curves of every fold of this run."""
     import pandas as pd
 
-    tuning = pd.DataFrame(grid, columns=["threshold", "min_area", "dice"])
+    tuning = pd.DataFrame(grid, columns=["threshold", "min_area", "presence_threshold", "dice"])
     for name, table in (("validation.csv", pd.DataFrame(frames)), ("tuning.csv", tuning)):
         with atomic_path(model_dir / name) as tmp:
             table.to_csv(tmp, index=False)

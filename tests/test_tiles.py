@@ -54,11 +54,11 @@ def textured(h, w, seed=0):
 def test_tiles_match_the_whole_image_away_from_its_borders(classes):
     net = sharp_unet(classes)
     image = textured(192, 256)
-    whole = predict.forward([predict.fully_convolutional(net)], image[None], tta=False)[0]
+    whole = predict.forward([predict.fully_convolutional(net)], image[None], tta=False)[0][0]
     assert whole.std() > 0.2  # a prediction worth comparing
     models, overlap = predict.tile_models([net], 96, 32)
     tiled = predict.tiled_probabilities(models, image, 96, overlap, per_pass=4, tta=True)
-    whole_tta = predict.forward([predict.fully_convolutional(net)], image[None], tta=True)[0]
+    whole_tta = predict.forward([predict.fully_convolutional(net)], image[None], tta=True)[0][0]
     # The borders differ by design: mirrored context for tiles, zero padding for the whole image.
     inner = np.abs(tiled - whole_tta)[16:-16, 16:-16]
     assert inner.mean() < 0.005 and inner.max() < 0.1

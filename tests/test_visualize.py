@@ -94,8 +94,8 @@ def test_validation_frames_are_the_trained_folds_and_predicted_by_their_own_mode
         row = table.iloc[position]
         index, fold = int(row["index"]), int(row["fold"])
         assert np.array_equal(case["truth"], masks[index])
-        own = predict.probabilities([by_fold[fold]], images[[index]], 8, config.tta)
-        others = predict.probabilities([by_fold[(fold + 1) % 3]], images[[index]], 8, config.tta)
+        own, _ = predict.probabilities([by_fold[fold]], images[[index]], 8, config.tta)
+        others, _ = predict.probabilities([by_fold[(fold + 1) % 3]], images[[index]], 8, config.tta)
         assert np.allclose(
             kit_images.resize_stack(own, masks.shape[1:], "linear")[0], case["prob"], atol=1e-6)
         assert not np.allclose(own, others, atol=1e-3)
