@@ -83,6 +83,8 @@ def add_recipe_flags(p):
                    help="train the decoder alone for the first N epochs")
     g.add_argument("--ema", action="store_true",
                    help="validate, keep and save the moving average of the weights")
+    g.add_argument("--gate", action="store_true",
+                   help="also predict whether an image holds any mask, and empty those it doubts")
 
 
 def add_validation_flags(p):
@@ -149,6 +151,16 @@ def check_encoder_flags(args):
     if args.encoder != "none" and not args.encoder_weights:
         log.warning(f"--encoder {args.encoder} without --encoder-weights: the backbone starts "
                     f"from random weights")
+
+
+def check_gate_flags(args):
+    """--gate judges whole images of binary masks: "is there anything" of one class."""
+    if args.gate and args.classes > 1:
+        raise UserError(f"--gate is for binary masks, these have {args.classes} classes: "
+                        f"drop --gate, or run data.py without --classes")
+    if args.gate and args.patch:
+        raise UserError(f"--gate judges whole images, --patch {args.patch} trains on patches: "
+                        f"drop one of them")
 
 
 def stride(args):
@@ -240,11 +252,12 @@ def print_summary(args):
     outputs = model.outputs_for(args.classes)
     if args.encoder != "none":  # random weights: the summary needs no weights file
         net = encoders.build(args.encoder, args.input_size, args.channels, outputs,
-                             decoder_width=args.width)
+                             decoder_width=args.width,
+                             head=model.presence_head if args.gate else None)
         field = f"encoder {args.encoder}, stride {encoders.STRIDE}"
     else:
         net = model.build_unet(args.input_size, args.channels, outputs, args.width, args.depth,
-                               args.dropout, args.batchnorm)
+                               args.dropout, args.batchnorm, gate=args.gate)
         field = model.receptive_field(args.depth)
         field = f"receptive field {field}x{field} pixels of the input"
     net.summary()
@@ -271,7 +284,7 @@ def train_folds(args, todo, f, started, strategy):
         probs.append(p)
         presence.append(q)
         index.append(np.flatnonzero(val))
-    presence = None  # without a presence head
+    presence = np.concatenate(presence) if args.gate else None
     return np.concatenate(probs), presence, np.concatenate(index), folds
 
 
@@ -316,7 +329,7 @@ def save_config(args, todo, f, precision, result):
         shutil.rmtree(args.workdir / "model" / f"backup_fold{fold}", ignore_errors=True)
     log.info(f"per-class scores on validation images (mean over images):\n"
              f"{metrics.format_class_scores(scores)}")
-    gate = ""
+    gate = f", presence threshold {post['presence_threshold']:.1f}" if args.gate else ""
     log.info(f"validation Dice {untuned:.4f} at threshold 0.5; {metrics.overall(scores):.4f} with "
              f"threshold {post['threshold']:.2f}, minimum area {post['min_area']} px{gate} tuned "
              f"on these same frames")
@@ -336,6 +349,7 @@ def main(argv=None):
     args.classes = arrays.load_classes(args.workdir)
     args.channels = f.images.shape[3] if f.images.ndim == 4 else 1
     args.loss = model.loss_name(args.loss, args.classes)
+    check_gate_flags(args)
     resolve_budget_defaults(args)
     if args.summary:
         args.fill_budget = False  # no steps to time: the size from the masks alone

@@ -95,7 +95,7 @@ def encoder_unet(s, size, initial):
     weights = s.encoder_weights if initial else None
     try:
         return encoders.build(s.encoder, size, s.channels, model.outputs_for(s.classes), weights,
-                              s.width)
+                              s.width, model.presence_head if s.gate else None)
     except encoders.EncoderWeightsError as e:
         raise UserError(f"--encoder-weights {e}") from None
     except Exception as e:  # keras.applications' failed download raises a bare Exception
@@ -112,7 +112,10 @@ def compile_model(s, net):
     # --ema: validation, the epoch kept and the saved model all use the averaged weights
     # (SwapEMAWeights in fold_callbacks, callbacks.averaged_weights, fit's own finalisation).
     adam = keras.optimizers.Adam(s.lr, use_ema=s.ema, ema_momentum=EMA_MOMENTUM)
-    net.compile(adam, loss, metrics=[model.dice_metric(s.classes)])
+    metric = [model.dice_metric(s.classes)]
+    if s.gate:  # the loss is the sum of the two: the mask's, and cross-entropy on presence
+        loss, metric = {model.MASK: loss, model.PRESENCE: model.bce_loss}, {model.MASK: metric}
+    net.compile(adam, loss, metrics=metric)
 
 
 def compiled_model(s, mean, std, strategy, size=None, initial=True, frozen=False):
@@ -125,7 +128,7 @@ def compiled_model(s, mean, std, strategy, size=None, initial=True, frozen=False
             net = encoder_unet(s, size, initial)
         else:
             net = model.build_unet(size, s.channels, model.outputs_for(s.classes), s.width, s.depth,
-                                   s.dropout, s.batchnorm, mean, std)
+                                   s.dropout, s.batchnorm, mean, std, s.gate)
         if s.weights and initial:
             model.load_initial_weights(net, s.weights)
         if frozen:
@@ -143,6 +146,7 @@ def fold_callbacks(s, fold, state, first, deadline):
     planner = callbacks.PlanEpochs(s.epochs, deadline, planned)
     stop = callbacks.StopOnDeadlineOrSignal(deadline)
     chain = [
+        callbacks.MaskMetricNames(),  # first: the callbacks after it read val_dice
         planner,
         keras.callbacks.LearningRateScheduler(callbacks.lr_schedule(s.lr, s.schedule, planner)),
         keras.callbacks.CSVLogger(history, append=first > 0),
@@ -256,7 +260,7 @@ def seconds_per_step(s, size, images, masks, sizes, strategy, steps=4):
     y = dataset.resize_masks(masks[:n], size, s.classes, crop)
     net = compiled_model(s, float(x.mean()), float(x.std()) or 1.0, strategy, size, initial=False)
     data = dataset.dataset(x, y, s.batch_size, s.seed, range(steps + 2), s.classes, shuffle=True,
-                           augment=s.augment)
+                           augment=s.augment, presence=s.gate)
     ends = []
     clock = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: ends.append((float(logs["loss"]), time.time())[1]))
