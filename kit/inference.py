@@ -233,14 +233,14 @@ def tune_postprocessing(probs, truth, pixel_area, grid=None, presence=None):
     Tuned at the working size (pixel_area original pixels per working pixel): both gates only
     ever empty whole masks, so every candidate is scored from per-image counts. A frame is
     predicted empty when its mask is smaller than the minimum area or its presence is below the
-    presence threshold; a presence threshold of 0 never gates, and is kept on ties: the gate
-    must earn its place. Every (threshold, minimum area, presence threshold, score) tried is
-    appended to the list `grid` if given."""
+    presence threshold; a presence threshold of 0 never gates, and is kept unless a gate scores
+    better than every candidate without one: the gate must earn its place. Every (threshold,
+    minimum area, presence threshold, score) tried is appended to the list `grid` if given."""
     truth = truth.reshape(len(truth), -1).astype(bool)
     truth_area = truth.sum(1)
     empty_score = (truth_area == 0).astype(float)
     gates = [0.0] if presence is None else [0.0, *PRESENCE_THRESHOLDS]
-    best, ungated = (0.5, 0, 0.0, -1.0), -1.0
+    best = {False: (0.5, 0, 0.0, -1.0), True: (0.5, 0, 0.0, -1.0)}  # without, with the gate
     for t in THRESHOLDS:
         pred = probs.reshape(len(probs), -1) > t
         area = pred.sum(1)
@@ -252,15 +252,14 @@ def tune_postprocessing(probs, truth, pixel_area, grid=None, presence=None):
                 row = (float(t), int(round(min_area * pixel_area)), float(gate), score)
                 if grid is not None:
                     grid.append(row)
-                if score > best[-1] + 1e-9:
-                    best = row
-                if gate == 0:
-                    ungated = max(ungated, score)
-    threshold, min_area, gate, score = best
-    gated = (f", presence threshold {gate:.1f} (without the presence gate: {ungated:.4f})"
-             if presence is not None else "")
+                if score > best[gate > 0][-1] + 1e-9:  # the first best: the lowest values
+                    best[gate > 0] = row
+    ungated, gated = best[False], best[True]
+    threshold, min_area, gate, score = gated if gated[-1] > ungated[-1] + 1e-9 else ungated
+    gain = (f", presence threshold {gate:.1f} (without the presence gate: {ungated[-1]:.4f})"
+            if presence is not None else "")
     log.info(f"tuned on {len(probs)} validation images: Dice at working size {score:.4f} with "
-             f"threshold {threshold:.2f}, minimum area {min_area} px{gated}")
+             f"threshold {threshold:.2f}, minimum area {min_area} px{gain}")
     return dict(threshold=threshold, min_area=min_area, presence_threshold=gate)
 
 

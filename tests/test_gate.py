@@ -134,6 +134,12 @@ def test_tuning_leaves_the_gate_off_where_presence_says_nothing():
     post = inference.tune_postprocessing(probs, truth, 1.0, grid, presence)
     assert post["presence_threshold"] == 0.0
     assert max(d for *_, p, d in grid if p > 0) <= max(d for *_, p, d in grid if p == 0)
+    # Every mask wrong, so that emptying them all scores best: presence 0.5 everywhere does it
+    # at the first threshold with a presence threshold of 0.6, a threshold of 0.5 later without.
+    wrong = np.roll(probs, 10, axis=2) * 0.5
+    post = inference.tune_postprocessing(wrong, truth, 1.0, [], np.full(20, 0.5, np.float32))
+    assert post["presence_threshold"] == 0.0 and post["threshold"] >= 0.45
+    assert not inference.final_masks(wrong, truth.shape[1:], **post).any()
     # Without presence (a model without the head) only the ungated candidates are tried.
     alone = []
     assert inference.tune_postprocessing(probs, truth, 1.0, alone)["presence_threshold"] == 0.0
@@ -197,8 +203,12 @@ def test_train_and_predict_with_the_gate(demo, tmp_path):
     history = pd.read_csv(work / "model/history_fold0.csv")
     assert {"dice", "val_dice", "presence_loss", "val_presence_loss"} <= set(history)
     tuning = pd.read_csv(work / "model/tuning.csv")
-    best = tuning.iloc[int(tuning["dice"].to_numpy().argmax())]  # the first best, as tuned
-    assert best["presence_threshold"] == pytest.approx(config["presence_threshold"])
+    chosen = tuning[np.isclose(tuning["threshold"], config["threshold"])
+                    & (tuning["min_area"] == config["min_area"])
+                    & np.isclose(tuning["presence_threshold"], config["presence_threshold"])]
+    assert chosen["dice"].max() == pytest.approx(tuning["dice"].max())
+    ungated = tuning[tuning["presence_threshold"] == 0]["dice"].max()
+    assert (config["presence_threshold"] > 0) == (tuning["dice"].max() > ungated + 1e-9)
     assert len(np.load(work / "model/oof.npz")["presence"]) == len(
         pd.read_csv(work / "model/validation.csv"))
 
@@ -206,7 +216,7 @@ def test_train_and_predict_with_the_gate(demo, tmp_path):
     test = np.load(work / "imgs_test.npy")
     assert masks.shape == test.shape[:3] and masks.max() <= 1
     report = (work / "report.html").read_text()
-    assert "presence threshold" in report
+    assert "presence threshold" in report and "best Dice without the presence gate" in report
 
     # Threshold 0 fills every mask; the presence gate then empties exactly the doubted frames.
     models, _ = inference.load_models(work / "model")
