@@ -96,7 +96,7 @@ def summary_section(work, models, config, table):
 def presence_text(presence_threshold):
     """What the presence gate of train.py --gate does with the tuned presence threshold."""
     if not presence_threshold:
-        return "0.0: the presence output did not help on the validation frames, so it is unused"
+        return "0.0: the gate unused (not tuned, or no better than the mask alone was)"
     return (f"{presence_threshold:.1f}: an image whose presence probability is below it is "
             f"predicted empty")
 
@@ -107,9 +107,10 @@ def gate_gain(tuning, config):
     if "presence_threshold" not in tuning or not (tuning["presence_threshold"] > 0).any():
         return ""
     ungated = tuning.loc[tuning["presence_threshold"] == 0, "dice"].max()
-    return (f", presence threshold {config.presence_threshold:.1f} (an image of lower presence "
-            f"is emptied); best Dice without the presence gate {ungated:.4f}, with it "
-            f"{tuning['dice'].max():.4f}")
+    p = config.presence_threshold
+    gate = f"{p:.1f} (an image of lower presence is emptied)" if p else "0 (the gate unused)"
+    return (f", presence threshold {gate}; best Dice without the presence gate {ungated:.4f}, "
+            f"with it {tuning['dice'].max():.4f}")
 
 
 def plan_text(plan, w, h):
