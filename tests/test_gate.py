@@ -231,10 +231,42 @@ def test_train_and_predict_with_the_gate(demo, tmp_path):
     assert not masks.reshape(len(masks), -1).any(1)[presence < cut].any()
 
 
-@pytest.mark.parametrize("classes, extra, words",
-                         [(2, [], "--gate is for binary masks"),
-                          (None, ["--patch", 32], "--gate judges whole images, --patch 32"), ])
-def test_the_gate_refuses_label_masks_and_patches(demo, tmp_path, classes, extra, words):
+def test_an_encoder_unet_trains_with_the_gate(demo, tmp_path, monkeypatch):
+    import keras
+    from keras import Input, Model, layers
+
+    import train as script
+
+    def tiny_backbone(include_top, weights, input_shape):
+        """A keras.applications look-alike: five stride-2 convolutions, named for the skips."""
+        x = inputs = Input(input_shape)
+        for i in range(1, 6):
+            x = layers.Conv2D(4, 3, strides=2, padding="same", name=f"s{i}")(x)
+        return Model(inputs, x, name="tiny")
+
+    monkeypatch.setitem(encoders.ENCODERS, "tiny",
+                        encoders.Encoder(tiny_backbone, ("s1", "s2", "s3", "s4"), "tf", "tiny.h5"))
+    work = arrays_of(demo, tmp_path / "work")
+    script.main([
+        str(a) for a in ("--workdir", work, "--encoder", "tiny", "--gate", "--image-size", 32, 64,
+                         "--epochs", 1, "--folds", 3, "--batch-size", 8, "--width", 4,
+                         "--precision", "float32", "-q")
+    ])
+    net = keras.models.load_model(work / "model/fold0.keras", compile=False)
+    assert unet.has_presence(net) and encoders.encoder_of(net) is not None
+    assert "val_dice" in pd.read_csv(work / "model/history_fold0.csv")
+    assert json.loads((work / "model/config.json").read_text())["settings"]["gate"] is True
+
+
+REFUSED = {
+    "label masks": (2, [], "--gate is for binary masks"),
+    "patches": (None, ["--patch", 32], "--gate judges whole images, --patch 32")
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_the_gate_refuses_label_masks_and_patches(demo, tmp_path, case):
+    classes, extra, words = REFUSED[case]
     work = arrays_of(demo, tmp_path / "work", classes)
     with pytest.raises(UserError, match=words) as refused:
         train(work, "--gate", *extra)
