@@ -77,8 +77,8 @@ class TrainingState(keras.callbacks.Callback):
     def check_options(self, state):
         for key, value in self.options.items():
             old = state["options"].get(key)
-            if old == value:
-                continue
+            if old == value or (key not in state["options"] and not value):
+                continue  # (an option added since that run, left off, changes nothing)
             if key.startswith("--"):
                 raise UserError(
                     f"cannot resume: {key} was {old} in the interrupted run, now {value}: "

@@ -239,3 +239,17 @@ def test_an_epoch_cut_short_is_logged_incomplete_and_not_kept(tmp_path):
     assert state.state["epoch"] == 2  # and never becomes a state to keep
     logged["val_dice"] = [0.1, 0.2, 0.9]
     assert figures.kept_epoch(logged) == 1
+
+
+def test_a_run_saved_before_an_option_existed_resumes_with_that_option_off(tmp_path):
+    from kit import callbacks
+    from kit.files import UserError
+
+    state = callbacks.TrainingState(tmp_path / "backup", {"--gate": False, "--lr": 0.001},
+                                    patience=10, monitor="val_loss")
+    state.check_options({"options": {"--lr": 0.001}})  # saved before --gate existed
+    with pytest.raises(UserError, match="--lr was 0.01"):
+        state.check_options({"options": {"--lr": 0.01}})
+    state.options["--gate"] = True
+    with pytest.raises(UserError, match="--gate was None"):
+        state.check_options({"options": {"--lr": 0.001}})
