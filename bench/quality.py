@@ -28,7 +28,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the kit's library, kit/
-from kit import files, metrics  # noqa: E402
+from kit import duplicates, files, metrics  # noqa: E402
 
 RECIPES = {"tutorial": ["--preset", "tutorial"], "kit defaults": [], "baseline": []}
 
@@ -49,6 +49,10 @@ def get_args():
         "--baseline", type=Path, metavar="DIR",
         help="another checkout of the kit (e.g. a worktree of an earlier commit): "
         "the 'baseline' recipe runs its defaults")
+    p.add_argument(
+        "--drop-contradictions", action="store_true",
+        help="the kit's runs train without the empty-masked member of each "
+        "contradicting near-duplicate pair (data.py --drop-contradictions)")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="flags added to the kit's train.py (kit defaults and baseline)")
     return p.parse_args()
@@ -131,11 +135,12 @@ def run(root, script, work, *flags):
 
 
 def what_was_trained(work):
-    """The working size and the epochs of every fold, from what train.py left."""
+    """The working size, the epochs of every fold and the out-of-fold Dice (tuned), from what
+    train.py left."""
     config = json.loads((work / "model" / "config.json").read_text())
     h, w = config["settings"]["input_size"]
     epochs = sum(len(pd.read_csv(p)) for p in (work / "model").glob("history_fold*.csv"))
-    return f"{w}x{h}", epochs
+    return f"{w}x{h}", epochs, config.get("validation_dice") or float("nan")
 
 
 def bench(name, recipe, data, args):
@@ -143,6 +148,9 @@ def bench(name, recipe, data, args):
     work = args.workdir / name / recipe.replace(" ", "_")
     shutil.rmtree(work, ignore_errors=True)
     write_arrays(work, x, y, subjects, tx)
+    if args.drop_contradictions and recipe != "tutorial":
+        dropped = duplicates.check(work, [str(i) for i in range(len(x))], drop=True)
+        print(f"  (--drop-contradictions: {len(dropped)} of {len(x)} training frames dropped)")
     root = args.baseline if recipe == "baseline" else ROOT
     flags = RECIPES[recipe] + (args.extra if recipe != "tutorial" else [])
     started = time.time()
@@ -166,17 +174,17 @@ def main():
         print(f"{name}: {len(data[0])} training, {len(data[3])} held-out images "
               f"{data[0].shape[2]}x{data[0].shape[1]} ({empty:.0%} of held-out frames empty)")
         for recipe in args.recipes:
-            dice, trained, total, size, epochs = bench(name, recipe, data, args)
-            rows.append((name, recipe, dice, trained, total, size, epochs))
+            dice, trained, total, size, epochs, oof = bench(name, recipe, data, args)
+            rows.append((name, recipe, dice, oof, trained, total, size, epochs))
             print(
-                f"  {recipe:<13} mean Dice {dice:.3f}  size {size}, {epochs} epochs  "
-                f"train {trained:4.0f} s  total {total:4.0f} s", flush=True)
-    print("\n| data set | recipe | mean Dice (held out) | working size | epochs | train.py s | "
-          "train + predict s |")
-    print("| --- | --- | ---: | --- | ---: | ---: | ---: |")
-    for name, recipe, dice, trained, total, size, epochs in rows:
-        print(
-            f"| {name} | {recipe} | {dice:.3f} | {size} | {epochs} | {trained:.0f} | {total:.0f} |")
+                f"  {recipe:<13} mean Dice {dice:.3f} (out of fold {oof:.3f})  size {size}, "
+                f"{epochs} epochs  train {trained:4.0f} s  total {total:4.0f} s", flush=True)
+    print("\n| data set | recipe | mean Dice (held out) | out-of-fold Dice | working size | epochs "
+          "| train.py s | train + predict s |")
+    print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |")
+    for name, recipe, dice, oof, trained, total, size, epochs in rows:
+        print(f"| {name} | {recipe} | {dice:.3f} | {oof:.3f} | {size} | {epochs} | {trained:.0f} "
+              f"| {total:.0f} |")
 
 
 if __name__ == "__main__":
