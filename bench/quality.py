@@ -53,6 +53,10 @@ def get_args():
         "--drop-contradictions", action="store_true",
         help="the kit's runs train without the empty-masked member of each "
         "contradicting near-duplicate pair (data.py --drop-contradictions)")
+    p.add_argument(
+        "--time-to-tutorial", nargs="+", type=float, metavar="SECONDS",
+        help="instead of the table: train the kit at each of these budgets in turn until its "
+        "held-out Dice reaches the tutorial's at --budget, and print when it did")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="flags added to the kit's train.py (kit defaults and baseline)")
     return p.parse_args()
@@ -143,9 +147,10 @@ def what_was_trained(work):
     return f"{w}x{h}", epochs, config.get("validation_dice") or float("nan")
 
 
-def bench(name, recipe, data, args):
+def bench(name, recipe, data, args, budget=None):
     x, y, subjects, tx, ty = data
-    work = args.workdir / name / recipe.replace(" ", "_")
+    budget = budget or args.budget
+    work = args.workdir / name / f"{recipe.replace(' ', '_')}_{budget:g}s"
     shutil.rmtree(work, ignore_errors=True)
     write_arrays(work, x, y, subjects, tx)
     if args.drop_contradictions and recipe != "tutorial":
@@ -154,11 +159,26 @@ def bench(name, recipe, data, args):
     root = args.baseline if recipe == "baseline" else ROOT
     flags = RECIPES[recipe] + (args.extra if recipe != "tutorial" else [])
     started = time.time()
-    run(root, "train.py", work, "--time-limit", str(args.budget), *flags)
+    run(root, "train.py", work, "--time-limit", str(budget), *flags)
     trained = time.time() - started
     run(root, "predict.py", work)
     masks = np.load(work / "imgs_mask_test.npy")
     return (metrics.mean_dice(masks, ty), trained, time.time() - started, *what_was_trained(work))
+
+
+def time_to_tutorial(name, data, args):
+    """The figure a user feels: how soon the kit's held-out Dice reaches the tutorial's final one."""
+    goal, trained = bench(name, "tutorial", data, args)[:2]
+    print(
+        f"  tutorial: mean Dice {goal:.3f} after {trained:.0f} s of train.py (--budget "
+        f"{args.budget:g})", flush=True)
+    for budget in sorted(args.time_to_tutorial):
+        dice, trained = bench(name, "kit defaults", data, args, budget)[:2]
+        print(
+            f"  kit, --time-limit {budget:g}: mean Dice {dice:.3f} after {trained:.0f} s of "
+            f"train.py{' (reached)' if dice >= goal else ''}", flush=True)
+        if dice >= goal:
+            return
 
 
 def main():
@@ -173,6 +193,9 @@ def main():
         empty = (data[4].reshape(len(data[4]), -1).max(1) == 0).mean()
         print(f"{name}: {len(data[0])} training, {len(data[3])} held-out images "
               f"{data[0].shape[2]}x{data[0].shape[1]} ({empty:.0%} of held-out frames empty)")
+        if args.time_to_tutorial:
+            time_to_tutorial(name, data, args)
+            continue
         for recipe in args.recipes:
             dice, trained, total, size, epochs, oof = bench(name, recipe, data, args)
             rows.append((name, recipe, dice, oof, trained, total, size, epochs))

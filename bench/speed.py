@@ -159,17 +159,23 @@ def npy_bytes(folder):
 
 
 def data_kit(base, v):
-    """What data.py does with the competition's layout: list, decode in threads, write."""
+    """What data.py does with the competition's layout: list, decode in threads, write, then look
+    for contradicting near-duplicates."""
     from types import SimpleNamespace
-    from kit import arrays, layouts
+    from kit import arrays, duplicates, layouts
 
     out = base / "data-kit"
     options = SimpleNamespace(channels=1, classes=1, label_map=[], workers=os.cpu_count(),
                               quiet=True)
     started = time.perf_counter()
-    arrays.write_sets(layouts.competition(base / "raw", False), out, options, one_size=True)
+    sets = layouts.competition(base / "raw", False)
+    arrays.write_sets(sets, out, options, one_size=True)
+    decoded = time.perf_counter() - started
+    duplicates.check(out, [stem for stem, _, _ in sets.train])
     seconds = time.perf_counter() - started
-    report(images=2 * v["pairs"] + v["tests"], seconds=seconds, output_bytes=npy_bytes(out))
+    report(
+        images=2 * v["pairs"] + v["tests"], seconds=seconds, output_bytes=npy_bytes(out),
+        note=f"decoding {decoded:.1f} s, then the near-duplicate check {seconds - decoded:.1f} s")
 
 
 def data_tutorial(base, v):
@@ -680,8 +686,8 @@ def print_machine(info, name, v):
 def print_notes(rows, v, dice):
     notes = []
     if "data" in rows:
-        notes.append("data: images counts image and mask files; the tutorial's way reads them "
-                     "with PIL, one by one")
+        notes.append(f"data: images counts image and mask files; the tutorial's way reads them "
+                     f"with PIL, one by one; the kit's: {rows['data']['kit']['note']}")
     if "train" in rows:
         notes.append(f"train: steps of 32 at the tutorial's architecture "
                      f"({rows['train']['kit']['gflop'] / 3:.2f} GFLOP forward per image) on "

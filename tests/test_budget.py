@@ -86,3 +86,13 @@ def test_a_time_limit_sizes_the_run_from_steps_timed_on_this_machine(demo, tmp_p
     assert f"working size {w}x{h}: objects" in result.stdout and "s per fold" in result.stdout
     assert h >= plan["smallest"][0] and config["settings"]["epochs"] == 1000  # the plan decides
     assert config["settings"]["patience"] == 1000  # no early stop
+
+
+def test_thin_structures_are_sized_by_their_thickness_not_their_area():
+    membranes = np.zeros((4, 256, 256), np.uint8)
+    membranes[:, :, 60:64] = membranes[:, 100:104, :] = membranes[:, :, 180:184] = 1  # 4 px lines
+    assert 3 < budget.thickness(membranes[0].astype(bool)) < 5
+    size, across = budget.default_size(membranes, 0, 16)
+    assert across < 20 and size == [256, 256]  # kept at full resolution, not shrunk to 64
+    disc = discs(1, (420, 580), 40, 1)[0] > 0
+    assert 30 < budget.thickness(disc) < 45  # a disc: about half its diameter: its area rules
