@@ -146,7 +146,10 @@ class TrainingState(keras.callbacks.Callback):
             best, best_epoch = score, epoch
             with averaged_weights(self.model):  # --ema: the weights that were validated
                 best_weights = self.save_weights(f"best{epoch + 1}.weights.h5")
-        stopped = epoch - best_epoch >= self.patience
+        # With a time limit, never before half the planned epochs (PlanEpochs): on small sets
+        # the validation Dice can sit at 0 for longer than the patience, then take off.
+        stopped = (epoch - best_epoch >= self.patience and
+                   epoch + 1 >= logs.get("earliest_stop", 0))
         self.model.stop_training |= stopped
         weights = self.save_weights(f"epoch{epoch + 1}.weights.h5")
         self.save(epoch=epoch + 1, best=best, best_epoch=best_epoch, best_weights=best_weights,
@@ -212,7 +215,8 @@ class StopOnDeadlineOrSignal(keras.callbacks.Callback):
 
 class PlanEpochs(keras.callbacks.Callback):
     """Fits the schedule into the time limit: times the second epoch (the first also
-    compiles), plans how many epochs remain, and stops when the plan is done."""
+    compiles), plans how many epochs remain, and stops when the plan is done. Logs the plan,
+    and the epoch before which early stopping waits (half the plan; 0 without a time limit)."""
 
     def __init__(self, most_epochs, deadline, planned=None):
         super().__init__()
@@ -232,6 +236,7 @@ class PlanEpochs(keras.callbacks.Callback):
             log.debug(f"planned {self.planned_epochs} epochs")
         if logs is not None:
             logs["planned_epochs"] = self.planned_epochs
+            logs["earliest_stop"] = self.planned_epochs // 2 if self.deadline else 0
         if epoch + 1 >= self.planned_epochs:
             self.model.stop_training = True
 

@@ -245,11 +245,37 @@ def test_a_run_saved_before_an_option_existed_resumes_with_that_option_off(tmp_p
     from kit import callbacks
     from kit.files import UserError
 
-    state = callbacks.TrainingState(tmp_path / "backup", {"--gate": False, "--lr": 0.001},
-                                    patience=10, monitor="val_loss")
+    state = callbacks.TrainingState(tmp_path / "backup", {
+        "--gate": False,
+        "--lr": 0.001
+    }, patience=10, monitor="val_loss")
     state.check_options({"options": {"--lr": 0.001}})  # saved before --gate existed
     with pytest.raises(UserError, match="--lr was 0.01"):
         state.check_options({"options": {"--lr": 0.01}})
     state.options["--gate"] = True
     with pytest.raises(UserError, match="--gate was None"):
         state.check_options({"options": {"--lr": 0.001}})
+
+
+def test_with_a_time_limit_early_stopping_waits_for_half_the_planned_epochs(tmp_path):
+    import time
+
+    from kit import callbacks
+
+    keras = callbacks.keras
+    model = keras.Sequential([keras.Input((3, )), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x = np.zeros((8, 3), "float32")  # nothing to learn: the monitored score never rises
+
+    def epochs_run(deadline):
+        state = callbacks.TrainingState(tmp_path / f"backup{deadline}", {}, patience=2,
+                                        monitor="val_score")
+        score = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: logs.update(val_score=0.0))
+        history = model.fit(
+            x, x[:, :1], epochs=10, verbose=0,
+            callbacks=[score, callbacks.PlanEpochs(10, deadline, planned=10), state])
+        return len(history.epoch)
+
+    assert epochs_run(None) == 3  # no time limit: patience alone, as before
+    assert epochs_run(time.time() + 3600) == 5  # half of the 10 planned epochs first
