@@ -87,3 +87,17 @@ def test_elastic_warp_moves_image_and_mask_together_and_repeats_for_a_seed():
     assert np.array_equal(images, np.asarray(again))  # stateless: same seed, same warp
     assert set(np.unique(masks)) <= {0.0, 1.0} and not np.array_equal(masks, y)
     assert ((images > 100) == (masks > 0.5)).mean() > 0.995  # the square and its mask warp as one
+
+
+def test_bf16_is_chosen_only_where_onednn_may_use_it(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 holds oneDNN to AVX2, which has no bf16 convolution: choosing
+    mixed_bfloat16 there would fail at the first step."""
+    from kit import training
+
+    real_cpu = training.cpu_has_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not training.cpu_has_bf16()
+    if not training.tf.config.list_physical_devices("GPU"):
+        assert training.choose_precision("auto") == "float32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert training.cpu_has_bf16() == real_cpu  # allowed: the CPU decides
