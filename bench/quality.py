@@ -167,7 +167,7 @@ def bench(name, recipe, data, args, budget=None):
 
 
 def time_to_tutorial(name, data, args):
-    """The figure a user feels: how soon the kit's held-out Dice reaches the tutorial's final one."""
+    """The figure a user feels: how soon the kit's held-out Dice reaches the tutorial's final."""
     goal, trained = bench(name, "tutorial", data, args)[:2]
     print(
         f"  tutorial: mean Dice {goal:.3f} after {trained:.0f} s of train.py (--budget "

@@ -22,7 +22,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the kit's library, kit/
-from kit import files, metrics  # noqa: E402
+from kit import metrics  # noqa: E402
 
 
 def get_args():

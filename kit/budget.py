@@ -10,7 +10,6 @@ the same idea for a time budget."""
 
 import logging
 import math
-import time
 
 import cv2
 import numpy as np
