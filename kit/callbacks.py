@@ -41,10 +41,10 @@ class TrainingState(keras.callbacks.Callback):
     stops when `monitor` has not risen for `patience` epochs: the jobs of BackupAndRestore,
     ModelCheckpoint and EarlyStopping, done so that all of their state survives an interruption."""
 
-    def __init__(self, folder, options, patience, monitor="val_dice"):
+    def __init__(self, folder, options, patience, monitor="val_dice", timed=False):
         super().__init__()
         self.folder, self.options = Path(folder), json.loads(json.dumps(options, default=str))
-        self.patience, self.monitor = patience, monitor
+        self.patience, self.monitor, self.timed = patience, monitor, timed
         self.state = {
             "epoch": 0,
             "best": -math.inf,
@@ -148,8 +148,8 @@ class TrainingState(keras.callbacks.Callback):
                 best_weights = self.save_weights(f"best{epoch + 1}.weights.h5")
         # With a time limit, never before half the planned epochs (PlanEpochs): on small sets
         # the validation Dice can sit at 0 for longer than the patience, then take off.
-        stopped = (epoch - best_epoch >= self.patience and
-                   epoch + 1 >= logs.get("earliest_stop", 0))
+        earliest = logs.get("planned_epochs", 0) // 2 if self.timed else 0
+        stopped = epoch - best_epoch >= self.patience and epoch + 1 >= earliest
         self.model.stop_training |= stopped
         weights = self.save_weights(f"epoch{epoch + 1}.weights.h5")
         self.save(epoch=epoch + 1, best=best, best_epoch=best_epoch, best_weights=best_weights,
@@ -215,8 +215,8 @@ class StopOnDeadlineOrSignal(keras.callbacks.Callback):
 
 class PlanEpochs(keras.callbacks.Callback):
     """Fits the schedule into the time limit: times the second epoch (the first also
-    compiles), plans how many epochs remain, and stops when the plan is done. Logs the plan,
-    and the epoch before which early stopping waits (half the plan; 0 without a time limit)."""
+    compiles), plans how many epochs remain, and stops when the plan is done. Logs the plan
+    (TrainingState reads it): put it before TrainingState."""
 
     def __init__(self, most_epochs, deadline, planned=None):
         super().__init__()
@@ -236,7 +236,6 @@ class PlanEpochs(keras.callbacks.Callback):
             log.debug(f"planned {self.planned_epochs} epochs")
         if logs is not None:
             logs["planned_epochs"] = self.planned_epochs
-            logs["earliest_stop"] = self.planned_epochs // 2 if self.deadline else 0
         if epoch + 1 >= self.planned_epochs:
             self.model.stop_training = True
 

@@ -230,7 +230,7 @@ def train_fold(s, fold, train, val, mean, std, deadline, strategy):
         "classes": s.classes
     }
     state = callbacks.TrainingState(s.workdir / "model" / f"backup_fold{fold}",
-                                    resume_options(s, data), s.patience)
+                                    resume_options(s, data), s.patience, timed=bool(deadline))
     net = compiled_model(s, mean, std, strategy, frozen=starts_frozen(s, state))
     first = restored(s, fold, net, state, strategy)
     if state.state["done"] and final.exists():

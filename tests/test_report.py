@@ -269,7 +269,7 @@ def test_with_a_time_limit_early_stopping_waits_for_half_the_planned_epochs(tmp_
 
     def epochs_run(deadline):
         state = callbacks.TrainingState(tmp_path / f"backup{deadline}", {}, patience=2,
-                                        monitor="val_score")
+                                        monitor="val_score", timed=deadline is not None)
         score = keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: logs.update(val_score=0.0))
         history = model.fit(
