@@ -93,8 +93,8 @@ def add_validation_flags(p):
     g.add_argument("--fold", default="0", help="fold to train, or 'all' for an ensemble")
     g.add_argument(
         "--patience", type=int,
-        help="epochs without validation gain before stopping (default: 15; with "
-        "--fill-budget, none)")
+        help="epochs without validation gain before stopping (default: 15, and under "
+        "--time-limit not before half the planned epochs; with --fill-budget, none)")
     g.add_argument("--no-tune", dest="tune", action="store_false",
                    help="keep threshold 0.5 and no minimum area instead of tuning them")
     g.add_argument("--no-tta", dest="tta", action="store_false",
