@@ -107,10 +107,8 @@ def gate_gain(tuning, config):
     if "presence_threshold" not in tuning or not (tuning["presence_threshold"] > 0).any():
         return ""
     ungated = tuning.loc[tuning["presence_threshold"] == 0, "dice"].max()
-    p = config.presence_threshold
-    gate = f"{p:.1f} (an image of lower presence is emptied)" if p else "0 (the gate unused)"
-    return (f", presence threshold {gate}; best Dice without the presence gate {ungated:.4f}, "
-            f"with it {tuning['dice'].max():.4f}")
+    return (f", presence threshold {presence_text(config.presence_threshold)}; best Dice without "
+            f"the presence gate {ungated:.4f}, with it {tuning['dice'].max():.4f}")
 
 
 def plan_text(plan, w, h):
