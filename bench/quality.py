@@ -139,12 +139,14 @@ def run(root, script, work, *flags):
 
 
 def what_was_trained(work):
-    """The working size, the epochs of every fold and the out-of-fold Dice (tuned), from what
-    train.py left."""
+    """The working size, the epochs and the seconds spent in them (every fold), and the
+    out-of-fold Dice (tuned), from what train.py left."""
     config = json.loads((work / "model" / "config.json").read_text())
     h, w = config["settings"]["input_size"]
-    epochs = sum(len(pd.read_csv(p)) for p in (work / "model").glob("history_fold*.csv"))
-    return f"{w}x{h}", epochs, config.get("validation_dice") or float("nan")
+    history = [pd.read_csv(p) for p in (work / "model").glob("history_fold*.csv")]
+    epochs = sum(map(len, history))
+    seconds = sum(h["seconds"].sum() if "seconds" in h else float("nan") for h in history)
+    return f"{w}x{h}", epochs, seconds, config.get("validation_dice") or float("nan")
 
 
 def bench(name, recipe, data, args, budget=None):
@@ -197,17 +199,18 @@ def main():
             time_to_tutorial(name, data, args)
             continue
         for recipe in args.recipes:
-            dice, trained, total, size, epochs, oof = bench(name, recipe, data, args)
-            rows.append((name, recipe, dice, oof, trained, total, size, epochs))
+            dice, trained, total, size, epochs, epoch_s, oof = bench(name, recipe, data, args)
+            rows.append((name, recipe, dice, oof, size, epochs, epoch_s, trained, total))
             print(
                 f"  {recipe:<13} mean Dice {dice:.3f} (out of fold {oof:.3f})  size {size}, "
-                f"{epochs} epochs  train {trained:4.0f} s  total {total:4.0f} s", flush=True)
+                f"{epochs} epochs in {epoch_s:.0f} s  train.py {trained:4.0f} s  "
+                f"total {total:4.0f} s", flush=True)
     print("\n| data set | recipe | mean Dice (held out) | out-of-fold Dice | working size | epochs "
-          "| train.py s | train + predict s |")
-    print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |")
-    for name, recipe, dice, oof, trained, total, size, epochs in rows:
-        print(f"| {name} | {recipe} | {dice:.3f} | {oof:.3f} | {size} | {epochs} | {trained:.0f} "
-              f"| {total:.0f} |")
+          "| s in epochs | train.py s | train + predict s |")
+    print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    for name, recipe, dice, oof, size, epochs, epoch_s, trained, total in rows:
+        print(f"| {name} | {recipe} | {dice:.3f} | {oof:.3f} | {size} | {epochs} | {epoch_s:.0f} "
+              f"| {trained:.0f} | {total:.0f} |")
 
 
 if __name__ == "__main__":

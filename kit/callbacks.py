@@ -214,28 +214,35 @@ class StopOnDeadlineOrSignal(keras.callbacks.Callback):
 
 
 class PlanEpochs(keras.callbacks.Callback):
-    """Fits the schedule into the time limit: times the second epoch (the first also
-    compiles), plans how many epochs remain, and stops when the plan is done. Logs the plan
-    (TrainingState reads it): put it before TrainingState."""
+    """Fits the schedule into the time limit: after every epoch from the second on (the first
+    also compiles), plans how many epochs fit before the deadline at the mean pace of those
+    epochs, and stops when the plan is done. Logs the plan and each epoch's seconds
+    (TrainingState reads the plan): put it before TrainingState."""
 
     def __init__(self, most_epochs, deadline, planned=None):
         super().__init__()
         self.most, self.deadline = most_epochs, deadline
         self.planned_epochs = int(planned or most_epochs)
-        self.planned = planned is not None or not deadline  # a resumed run keeps its plan
+        self.fixed = planned is not None or not deadline  # a resumed run keeps its plan
+        self.paces = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.planned and epoch >= 1:
+        seconds = time.time() - self.started
+        if epoch >= 1:
+            self.paces.append(seconds)
+        if not self.fixed and self.paces:
+            # Re-planned every epoch: one slow epoch on a busy machine must not end the run
+            # early, and the cosine schedule bends only a little as the estimate firms up.
             left = max(0.0, self.deadline - time.time())
-            fits = epoch + 1 + int(left / (time.time() - self.started))
+            fits = epoch + 1 + int(left / np.mean(self.paces))
             self.planned_epochs = max(epoch + 1, min(self.most, fits))
-            self.planned = True
             log.debug(f"planned {self.planned_epochs} epochs")
         if logs is not None:
             logs["planned_epochs"] = self.planned_epochs
+            logs["seconds"] = round(seconds, 3)
         if epoch + 1 >= self.planned_epochs:
             self.model.stop_training = True
 
