@@ -53,7 +53,7 @@ def add_recipe_flags(p):
     g.add_argument("--preset", choices=sorted(training.PRESETS),
                    help="a named recipe, whose values become the defaults")
     g.add_argument("--epochs", type=int,
-                   help="most epochs per fold (default: 60; with --fill-budget, what it buys)")
+                   help="most epochs per fold (default: 60; under --time-limit, as many as fit)")
     g.add_argument("--batch-size", type=int, default=16, help="global batch size")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam")
     g.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
@@ -93,8 +93,8 @@ def add_validation_flags(p):
     g.add_argument("--fold", default="0", help="fold to train, or 'all' for an ensemble")
     g.add_argument(
         "--patience", type=int,
-        help="epochs without validation gain before stopping (default: 15, and under "
-        "--time-limit not before half the planned epochs; with --fill-budget, none)")
+        help="epochs without validation gain before stopping (default: 15; under "
+        "--time-limit none, and a given one waits for half the planned epochs)")
     g.add_argument("--no-tune", dest="tune", action="store_false",
                    help="keep threshold 0.5 and no minimum area instead of tuning them")
     g.add_argument("--no-tta", dest="tta", action="store_false",
@@ -103,12 +103,8 @@ def add_validation_flags(p):
 
 def add_run_flags(p):
     g = p.add_argument_group("the run")
-    g.add_argument("--time-limit", type=float, default=0, help="seconds for the whole run; 0: none")
-    g.add_argument(
-        "--fill-budget", action="store_true",
-        help="with --time-limit: size from the objects and from steps timed here, "
-        "epochs to fill the budget (kit/budget.py; not yet the default: see "
-        "bench/README.md)")
+    g.add_argument("--time-limit", type=float, default=0,
+                   help="seconds for the whole run, which then sizes and fills it; 0: none")
     g.add_argument("--precision", default="auto",
                    choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
                    help="auto: bf16 where the hardware has it, float16 on older GPUs")
@@ -190,29 +186,27 @@ def interrupted_size(args):
 
 
 def planned_size(args, f, strategy, seconds):
+    """The objects' size (kit/budget.py), moved by training steps timed here when there is a
+    time budget: larger where steps are fast, smaller where it would not buy enough epochs."""
     if args.resume and (size := interrupted_size(args)):
         return size, None
     sizes = f.sizes if f.mixed else None
-    if not (args.fill_budget and args.time_limit):
-        size, diameter = budget.default_size(f.masks, args.time_limit, stride(args), sizes)
-        log.info(f"working size {size[1]}x{size[0]}: masks {diameter:.0f} px across")
-        return size, {"mask_diameter": round(diameter, 1)}
-    diameters = budget.object_diameters(f.masks, args.classes, sizes)
-    diameter = min(diameters.values()) if diameters else None
-    candidates = budget.size_range(np.median(f.sizes, axis=0), diameter, stride(args))
-    plan = {"object_diameter": diameter and round(diameter, 1), "smallest": candidates[0]}
-    objects = f"objects {diameter:.0f} px across" if diameter else "no objects"
+    floor, across = budget.default_size(f.masks, args.time_limit, stride(args), sizes, args.classes)
+    plan = {"mask_diameter": round(across, 1), "objects_size": floor}
+    objects = f"masks {across:.0f} px across"
+    if seconds <= 0:
+        log.info(f"working size {floor[1]}x{floor[0]}: {objects}")
+        return floor, plan
+    candidates = budget.size_range(np.median(f.sizes, axis=0), stride(args), floor)
     frames = round(len(f.images) * (1 - 1 / args.folds))  # of a training fold
     steps = dataset.steps_per_epoch(frames, args.batch_size, args.augment)
     timing = lambda size: training.seconds_per_step(args, size, f.images, f.masks, sizes, strategy)
-    size, epochs, measured = budget.plan(candidates, timing, steps, seconds)
-    plan.update(seconds_per_step={
-        f"{w}x{h}": round(t, 4)
-        for (h, w), t in measured.items()
-    }, predicted_epochs=epochs, seconds=round(seconds))
-    timed = ", ".join(f"{t:.2f} s at {hw}" for hw, t in plan["seconds_per_step"].items())
-    log.info(f"working size {size[1]}x{size[0]}: {objects} (at least "
-             f"{candidates[0][1]}x{candidates[0][0]}); steps of {args.batch_size} took {timed}: "
+    size, epochs, measured = budget.plan(floor, candidates, timing, steps, seconds)
+    timed = {f"{w}x{h}": round(t, 4) for (h, w), t in measured.items()}
+    plan.update(seconds_per_step=timed, predicted_epochs=epochs, seconds=round(seconds))
+    log.info(f"working size {size[1]}x{size[0]}: {objects} ({floor[1]}x{floor[0]} for them); "
+             f"steps of {args.batch_size} took "
+             f"{', '.join(f'{t:.2f} s at {hw}' for hw, t in timed.items())}: "
              f"about {epochs} epochs of {steps} steps in {seconds:.0f} s per fold")
     return size, plan
 
@@ -239,13 +233,12 @@ def to_working_size(args, f):
 
 
 def resolve_budget_defaults(args):
-    """With --fill-budget the plan decides the epochs, and nothing stops early by default:
-    the schedule spans the planned epochs and the best one is kept."""
-    filling = args.fill_budget and args.time_limit
+    """Under a time limit the budget decides the epochs, and nothing stops early by default:
+    the schedule spans the planned epochs, and the best epoch is kept."""
     if args.epochs is None:
-        args.epochs = 1000 if filling else 60
+        args.epochs = 1000 if args.time_limit else 60
     if args.patience is None:
-        args.patience = args.epochs if filling else 15
+        args.patience = args.epochs if args.time_limit else 15
 
 
 def print_summary(args):
@@ -352,8 +345,7 @@ def main(argv=None):
     check_gate_flags(args)
     resolve_budget_defaults(args)
     if args.summary:
-        args.fill_budget = False  # no steps to time: the size from the masks alone
-        args.input_size = working_size(args, f, strategy, 0)[0]
+        args.input_size = working_size(args, f, strategy, 0)[0]  # no steps timed
         return print_summary(args)
     args.class_weights = dataset.class_weights(f.masks, args.classes, f.sizes)
     spent = time.time() - started

@@ -115,15 +115,12 @@ def plan_text(plan, w, h):
     """How train.py chose the working size (kit/budget.py), in one line."""
     if not plan:
         return f"{w}x{h}, given (--image-size, --patch) or resumed"
-    if "mask_diameter" in plan:
-        return f"{w}x{h}: masks {plan['mask_diameter']:.0f} px across"
-    objects = (f"objects {plan['object_diameter']:.0f} px across"
-               if plan["object_diameter"] else "no objects")
-    text = f"{w}x{h}: {objects}, so at least {plan['smallest'][1]}x{plan['smallest'][0]}"
+    text = f"{w}x{h}: masks {plan['mask_diameter']:.0f} px across"
     if "seconds_per_step" in plan:
+        floor = plan["objects_size"]
         timed = ", ".join(f"{t:.2f} s at {size}" for size, t in plan["seconds_per_step"].items())
-        text += (f"; training steps took {timed}: about {plan['predicted_epochs']} epochs in "
-                 f"{plan['seconds']} s per fold")
+        text += (f" ({floor[1]}x{floor[0]} for them); training steps took {timed}: about "
+                 f"{plan['predicted_epochs']} epochs in {plan['seconds']} s per fold")
     return text
 
 

@@ -17,22 +17,23 @@ def discs(n, shape, radius, count, seed=0):
     return masks
 
 
-def test_objects_are_measured_one_by_one_not_as_whole_masks():
-    """Dozens of small nuclei in a mask are dozens of small objects, not one large one."""
-    masks = discs(20, (256, 256), 6, 30)
-    diameter = budget.object_diameters(masks, 1)[1]
-    assert 10 <= diameter <= 14  # discs of radius 6: ~12 px across
+def test_many_small_objects_are_sized_by_the_objects_not_by_the_whole_mask():
+    """Dozens of small nuclei in a mask: about twice a nucleus across, not the disc of all."""
+    masks = discs(20, (256, 256), 6, 30)  # nuclei 12 px across
+    across = budget.default_size(masks, 0, 16)[1]
+    assert 12 <= across <= 30
     whole_mask = 2 * np.sqrt(np.median(masks.reshape(20, -1).sum(1)) / np.pi)
-    assert whole_mask > 4 * diameter  # what the area of a mask would say
+    assert whole_mask > 3 * across  # what the area of a mask would say
 
 
-def test_each_class_is_measured_and_empty_masks_do_not_count():
-    labels = np.zeros((4, 64, 64), np.uint8)
-    labels[:2, 10:30, 10:30] = 1  # class 1: 20x20 squares
-    labels[:2, 40:44, 40:44] = 2  # class 2: 4x4 squares
-    diameters = budget.object_diameters(labels, 2)
-    assert diameters[1] > 20 and 4 < diameters[2] < 5
-    assert budget.object_diameters(np.zeros((3, 8, 8), np.uint8), 1) == {}
+def test_the_thinnest_class_of_label_masks_sets_the_size():
+    labels = np.zeros((4, 256, 256), np.uint8)
+    labels[:2, 10:90, 10:90] = 1  # class 1: 80x80 squares
+    labels[:2, 140:148, 140:148] = 2  # class 2: 8x8 squares
+    size, across = budget.default_size(labels, 0, 16, classes=2)
+    assert across < 10 and size == [256, 256]
+    assert budget.default_size(labels, 0, 16)[1] > 20  # binary: one mask of both
+    assert budget.default_size(np.zeros((3, 64, 64), np.uint8), 0, 16, classes=2)[1] == 64
 
 
 def test_the_default_size_keeps_a_typical_mask_24_pixels_across():
@@ -43,31 +44,42 @@ def test_the_default_size_keeps_a_typical_mask_24_pixels_across():
     assert budget.default_size(empty, 0, 16)[0] == [64, 96]  # nothing to see: 64 at least
 
 
-def test_sizes_run_from_the_objects_to_the_original_keeping_the_aspect():
-    sizes = budget.size_range((420, 580), 60, 16)
-    assert sizes[0] == [160, 224] and sizes[-1] == [416, 576]  # 24/60 of the frame, then all of it
+def test_sizes_run_from_the_smallest_to_the_original_keeping_the_aspect():
+    sizes = budget.size_range((420, 580), 16, floor=[112, 160])
+    assert sizes[0] == [64, 96] and sizes[-1] == [416, 576] and [112, 160] in sizes
     assert all(h % 16 == 0 and w % 16 == 0 for h, w in sizes)
     assert all(a[0] * a[1] < b[0] * b[1] for a, b in zip(sizes, sizes[1:]))
-    assert budget.size_range((420, 580), 60, 16, longest=256)[-1][1] == 256
-    assert budget.size_range((256, 256), 12, 16) == [[256, 256]]  # small objects: full size
+    assert budget.size_range((64, 64), 16) == [[64, 64]]
 
 
-def test_the_plan_takes_the_largest_size_the_budget_trains_long_enough():
-    sizes = budget.size_range((420, 580), 60, 16)
-    cpu = lambda size: 2e-6 * size[0] * size[1]  # time grows with the pixels
-    size, epochs, measured = budget.plan(sizes, cpu, steps_per_epoch=30, budget=300)
-    assert epochs >= budget.needed_epochs(30) and size != sizes[-1]
+CPU = lambda size: 3e-5 * size[0] * size[1]  # time grows with the pixels: 0.54 s at 112x160
+GPU = lambda size: 0.01 + 1e-9 * size[0] * size[1]  # mostly overhead
+
+
+def test_the_objects_size_stays_where_the_budget_buys_enough_epochs_but_not_many_more():
+    sizes = budget.size_range((420, 580), 16, floor=[112, 160])
+    size, epochs, measured = budget.plan([112, 160], sizes, CPU, steps_per_epoch=30, budget=600)
+    assert size == [112, 160] and budget.MIN_EPOCHS <= epochs < budget.GROW_EPOCHS
+    assert list(measured) == [(112, 160)]  # one timing
+
+
+def test_fast_steps_grow_the_size_and_slow_ones_shrink_it():
+    sizes = budget.size_range((420, 580), 16, floor=[112, 160])
+    size, epochs, measured = budget.plan([112, 160], sizes, GPU, 30, 600)
+    assert size == [416, 576] and epochs >= budget.growth_epochs(30) and len(measured) <= 3
+    slow = lambda size: 2 * CPU(size)
+    size, epochs, _ = budget.plan([112, 160], sizes, slow, 30, 600)
+    assert size[0] < 112 and epochs >= budget.MIN_EPOCHS  # the largest smaller that trains
     bigger = sizes[sizes.index(size) + 1]
-    assert budget.affordable(cpu(bigger), 30, 300) < budget.needed_epochs(30)  # the next one is not
-    assert len(measured) <= 3
+    assert budget.affordable(slow(bigger), 30, 600) < budget.MIN_EPOCHS
+    assert budget.plan([112, 160], sizes, lambda s: 100 * CPU(s), 30, 600)[0] == sizes[0]
 
 
-def test_fast_steps_buy_the_full_size_and_slow_ones_the_smallest():
-    sizes = budget.size_range((420, 580), 60, 16)
-    gpu = lambda size: 0.02 + 1e-8 * size[0] * size[1]  # mostly overhead
-    assert budget.plan(sizes, gpu, 30, 600)[0] == sizes[-1]
-    slow = lambda size: 1e-4 * size[0] * size[1]
-    assert budget.plan(sizes, slow, 30, 600)[0] == sizes[0]
+def test_small_sets_grow_only_with_enough_optimizer_steps():
+    """A set of a step per epoch buys many epochs, but epochs of one step teach little."""
+    sizes = budget.size_range((420, 580), 16, floor=[112, 160])
+    assert budget.plan([112, 160], sizes, CPU, steps_per_epoch=1, budget=600)[0] == [112, 160]
+    assert budget.plan([112, 160], sizes, GPU, 1, 600)[0] != [112, 160]
 
 
 def test_a_time_limit_sizes_the_run_from_steps_timed_on_this_machine(demo, tmp_path):
@@ -78,14 +90,16 @@ def test_a_time_limit_sizes_the_run_from_steps_timed_on_this_machine(demo, tmp_p
     raw, work = demo
     for name in ("imgs_train", "imgs_mask_train", "imgs_subject_train"):
         shutil.copy(work / f"{name}.npy", tmp_path)
-    result = run_script("train.py", "--workdir", tmp_path, "--time-limit", 45, "--fill-budget",
-                        "--width", 4, "--depth", 2, "--folds", 3, "--batch-size", 8)
+    result = run_script("train.py", "--workdir", tmp_path, "--time-limit", 45, "--width", 4,
+                        "--depth", 2, "--folds", 3, "--batch-size", 8)
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     plan, (h, w) = config["plan"], config["settings"]["input_size"]
-    assert plan["seconds_per_step"] and plan["predicted_epochs"] >= 1
-    assert f"working size {w}x{h}: objects" in result.stdout and "s per fold" in result.stdout
-    assert h >= plan["smallest"][0] and config["settings"]["epochs"] == 1000  # the plan decides
+    assert plan["seconds_per_step"] and plan["predicted_epochs"] >= 1 and plan["objects_size"]
+    assert f"working size {w}x{h}: masks" in result.stdout and "s per fold" in result.stdout
+    assert config["settings"]["epochs"] == 1000  # the budget decides
     assert config["settings"]["patience"] == 1000  # no early stop
+    history = (tmp_path / "model" / "history_fold0.csv").read_text().splitlines()
+    assert "seconds" in history[0].split(",") and len(history) > 2
 
 
 def test_thin_structures_are_sized_by_their_thickness_not_their_area():
