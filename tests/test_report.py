@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import types
 
 import cv2
 import numpy as np
@@ -279,3 +280,27 @@ def test_with_a_time_limit_early_stopping_waits_for_half_the_planned_epochs(tmp_
 
     assert epochs_run(None) == 3  # no time limit: patience alone, as before
     assert epochs_run(time.time() + 3600) == 5  # half of the 10 planned epochs first
+
+
+def test_the_epoch_plan_follows_the_pace_of_every_epoch_and_ends_at_the_deadline(monkeypatch):
+    """One slow epoch (a busy machine) must not end the run early: the plan is made again after
+    every epoch, from the mean pace of the epochs after the first."""
+    from kit import callbacks
+
+    now = [1000.0]
+    monkeypatch.setattr(callbacks.time, "time", lambda: now[0])
+    planner = callbacks.PlanEpochs(1000, deadline=1100.0)
+    planner.set_model(types.SimpleNamespace(stop_training=False))
+    durations, logs = [20.0, 10.0, 1.0, 1.0], {}
+    for epoch, seconds in enumerate(durations):
+        planner.on_epoch_begin(epoch)
+        now[0] += seconds
+        planner.on_epoch_end(epoch, logs)
+    # 32 s spent; the pace since the first epoch is 4 s: 17 more epochs fit in the 68 s left
+    assert planner.planned_epochs == 4 + 17 and logs["seconds"] == 1.0
+    while not planner.model.stop_training:  # 1 s epochs from here on
+        epoch += 1
+        planner.on_epoch_begin(epoch)
+        now[0] += 1.0
+        planner.on_epoch_end(epoch, logs)
+    assert now[0] <= 1100.0 and epoch + 1 >= 60  # ends by the deadline, having used most of it
