@@ -271,8 +271,10 @@ def train_folds(args, todo, f, started, strategy):
         train, val = folds != fold, folds == fold
         log.info(f"fold {fold}: {train.sum()} training, {val.sum()} validation frames "
                  f"(subjects {sorted(set(f.subjects[val].tolist()))})")
+        clock = time.time()
         training.train_fold(args, fold, (f.x[train], f.y[train], f.sizes[train]),
                             (f.x[val], f.y[val], f.sizes[val]), f.mean, f.std, deadline, strategy)
+        args.seconds["training"].append(round(time.time() - clock, 1))
         p, q = training.out_of_fold(args, fold, f.images[val], f.sizes[val], f.mixed)
         probs.append(p)
         presence.append(q)
@@ -309,7 +311,10 @@ def evaluate(args, probs, presence, index, folds, f, todo):
 
 def save_config(args, todo, f, precision, result):
     post, scores, untuned = result
-    settings = {k: v for k, v in vars(args).items() if k not in ("raw", "workdir", "plan")}
+    settings = {
+        k: v
+        for k, v in vars(args).items() if k not in ("raw", "workdir", "plan", "seconds")
+    }
     class_scores = {c: {"dice": d, "iou": j} for c, (d, j) in scores.items()}
     config.save(
         args.workdir / "model",
@@ -317,7 +322,7 @@ def save_config(args, todo, f, precision, result):
                       tile=args.patch, original_size=list(f.images.shape[1:3]),
                       validation_dice=metrics.overall(scores), validation_dice_untuned=untuned,
                       class_scores=class_scores, precision=precision, plan=args.plan,
-                      settings=settings))
+                      seconds=args.seconds, settings=settings))
     for fold in todo:  # the run is complete: nothing left to resume
         shutil.rmtree(args.workdir / "model" / f"backup_fold{fold}", ignore_errors=True)
     log.info(f"per-class scores on validation images (mean over images):\n"
@@ -358,10 +363,12 @@ def main(argv=None):
              f"{precision}, loss {args.loss}, {strategy.num_replicas_in_sync} replica(s)")
     to_working_size(args, f)
     (args.workdir / "model").mkdir(parents=True, exist_ok=True)
+    args.seconds = {"before training": round(time.time() - started, 1), "training": []}
     probs, presence, index, folds = train_folds(args, todo, f, started, strategy)
     result = evaluate(args, probs, presence, index, folds, f, todo)
     save_config(args, todo, f, precision, result)
-    log.info(f"trained in {time.time() - started:.0f} s -> {args.workdir / 'model'}")
+    log.info(f"trained in {time.time() - started:.0f} s, {sum(args.seconds['training']):.0f} s of "
+             f"them in training -> {args.workdir / 'model'}")
 
 
 if __name__ == "__main__":

@@ -139,14 +139,17 @@ def run(root, script, work, *flags):
 
 
 def what_was_trained(work):
-    """The working size, the epochs and the seconds spent in them (every fold), and the
+    """The working size, the epochs and the seconds spent training (every fold), and the
     out-of-fold Dice (tuned), from what train.py left."""
     config = json.loads((work / "model" / "config.json").read_text())
     h, w = config["settings"]["input_size"]
     history = [pd.read_csv(p) for p in (work / "model").glob("history_fold*.csv")]
-    epochs = sum(map(len, history))
-    seconds = sum(h["seconds"].sum() if "seconds" in h else float("nan") for h in history)
-    return f"{w}x{h}", epochs, seconds, config.get("validation_dice") or float("nan")
+    if config.get("seconds"):
+        seconds = sum(config["seconds"]["training"])
+    else:  # a kit from before config.json kept them: the epochs' own seconds, where logged
+        seconds = sum(h["seconds"].sum() if "seconds" in h else float("nan") for h in history)
+    return f"{w}x{h}", sum(map(len,
+                               history)), seconds, config.get("validation_dice") or float("nan")
 
 
 def bench(name, recipe, data, args, budget=None):
@@ -203,10 +206,10 @@ def main():
             rows.append((name, recipe, dice, oof, size, epochs, epoch_s, trained, total))
             print(
                 f"  {recipe:<13} mean Dice {dice:.3f} (out of fold {oof:.3f})  size {size}, "
-                f"{epochs} epochs in {epoch_s:.0f} s  train.py {trained:4.0f} s  "
+                f"{epochs} epochs, {epoch_s:.0f} s training  train.py {trained:4.0f} s  "
                 f"total {total:4.0f} s", flush=True)
     print("\n| data set | recipe | mean Dice (held out) | out-of-fold Dice | working size | epochs "
-          "| s in epochs | train.py s | train + predict s |")
+          "| s training | train.py s | train + predict s |")
     print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for name, recipe, dice, oof, size, epochs, epoch_s, trained, total in rows:
         print(f"| {name} | {recipe} | {dice:.3f} | {oof:.3f} | {size} | {epochs} | {epoch_s:.0f} "

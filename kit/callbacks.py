@@ -216,28 +216,31 @@ class StopOnDeadlineOrSignal(keras.callbacks.Callback):
 class PlanEpochs(keras.callbacks.Callback):
     """Fits the schedule into the time limit: after every epoch from the second on (the first
     also compiles), plans how many epochs fit before the deadline at the mean pace of those
-    epochs, and stops when the plan is done. Logs the plan and each epoch's seconds
-    (TrainingState reads the plan): put it before TrainingState."""
+    epochs, and stops when the plan is done. An epoch's pace runs from its start to the next
+    one's, so the other callbacks' work between epochs (saving, plotting) counts. Logs the plan
+    and each epoch's seconds (TrainingState reads the plan): put it before TrainingState."""
 
     def __init__(self, most_epochs, deadline, planned=None):
         super().__init__()
         self.most, self.deadline = most_epochs, deadline
         self.planned_epochs = int(planned or most_epochs)
         self.fixed = planned is not None or not deadline  # a resumed run keeps its plan
-        self.paces = []
+        self.began, self.cycles = None, []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.time()
+        now = time.time()
+        if self.began is not None:
+            self.cycles.append(now - self.began)
+        self.began = now
 
     def on_epoch_end(self, epoch, logs=None):
-        seconds = time.time() - self.started
-        if epoch >= 1:
-            self.paces.append(seconds)
-        if not self.fixed and self.paces:
+        seconds = time.time() - self.began
+        paces = self.cycles[1:] + [seconds]  # the epochs after the first, this one included
+        if not self.fixed and self.cycles:
             # Re-planned every epoch: one slow epoch on a busy machine must not end the run
             # early, and the cosine schedule bends only a little as the estimate firms up.
             left = max(0.0, self.deadline - time.time())
-            fits = epoch + 1 + int(left / np.mean(self.paces))
+            fits = epoch + 1 + int(left / np.mean(paces))
             self.planned_epochs = max(epoch + 1, min(self.most, fits))
             log.debug(f"planned {self.planned_epochs} epochs")
         if logs is not None:
@@ -280,15 +283,22 @@ class MaskMetricNames(keras.callbacks.Callback):
 
 
 class PlotCurves(keras.callbacks.Callback):
-    """Redraws the curves PNG from the history CSV after every epoch (put it after the
-    CSVLogger)."""
+    """Redraws the curves PNG from the history CSV after an epoch, at most every `every`
+    seconds (a plot can take longer than a small set's epoch), and when training ends (put it
+    after the CSVLogger)."""
 
-    def __init__(self, history, png):
+    def __init__(self, history, png, every=20.0):
         super().__init__()
-        self.history, self.png = history, png
+        self.history, self.png, self.every, self.drawn = history, png, every, -math.inf
 
     def on_epoch_end(self, epoch, logs=None):
-        figures.plot_curves([self.history], self.png)
+        if time.time() - self.drawn >= self.every:
+            self.on_train_end()
+
+    def on_train_end(self, logs=None):
+        if self.history.exists():
+            figures.plot_curves([self.history], self.png)
+            self.drawn = time.time()
 
 
 def tensorboard(log_dir):

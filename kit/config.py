@@ -26,6 +26,7 @@ class Config:
     class_scores: dict = None  # {class: {"dice", "iou"}}, tuned
     precision: str = "float32"
     plan: dict = None  # how the working size was chosen (kit/budget.py), when it was
+    seconds: dict = None  # where the run's time went: "before training", "training" (per fold)
     settings: dict = dataclasses.field(default_factory=dict)  # train.py's options
 
 

@@ -28,7 +28,8 @@ PRESETS = {
 # Settings a resumed run may change: they do not change what the training computes.
 RESUMABLE = {
     "resume", "quiet", "verbose", "time_limit", "fold", "raw", "workdir", "tensorboard", "summary",
-    "gpus", "weights", "preset", "tune", "tta", "class_weights", "plan", "encoder_weights"
+    "gpus", "weights", "preset", "tune", "tta", "class_weights", "plan", "encoder_weights",
+    "seconds"
 }
 EMA_MOMENTUM = 0.99  # --ema: an average over about the last 100 steps
 

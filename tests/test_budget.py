@@ -98,6 +98,9 @@ def test_a_time_limit_sizes_the_run_from_steps_timed_on_this_machine(demo, tmp_p
     assert f"working size {w}x{h}: masks" in result.stdout and "s per fold" in result.stdout
     assert config["settings"]["epochs"] == 1000  # the budget decides
     assert config["settings"]["patience"] == 1000  # no early stop
+    seconds = config["seconds"]
+    assert 0 < seconds["before training"] and 0 < seconds["training"][0] < 45
+    assert f"{sum(seconds['training']):.0f} s of them in training" in result.stdout
     history = (tmp_path / "model" / "history_fold0.csv").read_text().splitlines()
     assert "seconds" in history[0].split(",") and len(history) > 2
 

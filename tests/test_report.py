@@ -57,7 +57,7 @@ def test_training_keeps_its_curves_and_what_the_threshold_was_picked_from(traine
             best["min_area"] == config["min_area"])
 
 
-def test_curves_are_redrawn_after_every_epoch(tmp_path):
+def test_curves_are_redrawn_as_epochs_pass_and_at_the_end(tmp_path):
     from kit import callbacks
     import keras
 
@@ -72,12 +72,20 @@ def test_curves_are_redrawn_after_every_epoch(tmp_path):
     model = keras.Sequential([keras.Input((3, )), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
     x = np.random.default_rng(0).normal(size=(16, 3))
-    model.fit(
-        x, x[:, :1], epochs=3, verbose=0,
-        callbacks=[keras.callbacks.CSVLogger(history),
-                   callbacks.PlotCurves(history, png),
-                   Look()])
-    assert len(seen) == 3 and len(set(seen)) == 3
+
+    def fit(every):
+        seen.clear()
+        model.fit(
+            x, x[:, :1], epochs=3, verbose=0, callbacks=[
+                keras.callbacks.CSVLogger(history),
+                callbacks.PlotCurves(history, png, every),
+                Look()
+            ])
+
+    fit(every=0)
+    assert len(seen) == 3 and len(set(seen)) == 3  # after every epoch
+    fit(every=3600)  # the first epoch, then only at the end: all three epochs drawn
+    assert len(set(seen)) == 1 and png.read_bytes() not in seen
     assert read_rgb(seen[-1]).shape == (320, 1100, 3)
 
 
