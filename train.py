@@ -90,7 +90,9 @@ def add_recipe_flags(p):
 def add_validation_flags(p):
     g = p.add_argument_group("validation and post-processing")
     g.add_argument("--folds", type=int, default=5, help="subject-grouped folds")
-    g.add_argument("--fold", default="0", help="fold to train, or 'all' for an ensemble")
+    g.add_argument(
+        "--fold", help="fold to train, or 'all' for an ensemble (default: 0; under --time-limit, "
+        "as many folds as the budget trains 40 epochs each)")
     g.add_argument(
         "--patience", type=int,
         help="epochs without validation gain before stopping (default: 15; under "
@@ -126,10 +128,27 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
-def folds_to_train(args):
+def named_folds(args):
+    """The folds --fold names (one, or all), or None where the budget is to decide."""
+    if args.fold is None:
+        return None
     if args.fold != "all" and not (args.fold.isdigit() and int(args.fold) < args.folds):
         raise UserError(f"--fold {args.fold}: give a fold from 0 to {args.folds - 1}, or 'all'")
-    todo = range(args.folds) if args.fold == "all" else [int(args.fold)]
+    return list(range(args.folds)) if args.fold == "all" else [int(args.fold)]
+
+
+def folds_to_train(args, named):
+    """--fold's folds, or by default the first folds the budget trains well (kit/budget.py):
+    those of the interrupted run --resume continues, fold 0 alone without a time limit."""
+    if named is None:
+        plan = args.plan or {}
+        args.budget_folds = interrupted_option(args, "--budget-folds") if args.resume else None
+        if not args.budget_folds:
+            args.budget_folds = budget.folds(plan.get("predicted_epochs", 0), args.folds)
+        if args.budget_folds > 1 and "predicted_epochs" in plan:
+            log.info(f"{args.budget_folds} folds: the budget trains each about "
+                     f"{plan['predicted_epochs'] // args.budget_folds} epochs (--fold to choose)")
+    todo = named or list(range(args.budget_folds))
     for f in todo:
         backup = args.workdir / "model" / f"backup_fold{f}"
         if (backup / "state.json").exists() and not args.resume:
@@ -178,17 +197,18 @@ def working_size(args, f, strategy, seconds):
     return size, None
 
 
-def interrupted_size(args):
-    """The working size of the interrupted run --resume continues: never planned anew."""
+def interrupted_option(args, name):
+    """An option of the interrupted run --resume continues (its working size, its number of
+    folds): never planned anew."""
     for state in sorted((args.workdir / "model").glob("backup_fold*/state.json")):
-        return json.loads(state.read_text())["options"].get("--input-size")
+        return json.loads(state.read_text())["options"].get(name)
     return None
 
 
 def planned_size(args, f, strategy, seconds):
     """The objects' size (kit/budget.py), moved by training steps timed here when there is a
     time budget: larger where steps are fast, smaller where it would not buy enough epochs."""
-    if args.resume and (size := interrupted_size(args)):
+    if args.resume and (size := interrupted_option(args, "--input-size")):
         return size, None
     sizes = f.sizes if f.mixed else None
     floor, across = budget.default_size(f.masks, args.time_limit, stride(args), sizes, args.classes)
@@ -337,7 +357,7 @@ def main(argv=None):
     args = get_args(argv)
     cli.setup_logging(args)
     started = time.time()
-    todo = folds_to_train(args)
+    named = named_folds(args)
     check_encoder_flags(args)
     keras.utils.set_random_seed(args.seed)
     precision = training.choose_precision(args.precision)
@@ -353,9 +373,12 @@ def main(argv=None):
         args.input_size = working_size(args, f, strategy, 0)[0]  # no steps timed
         return print_summary(args)
     args.class_weights = dataset.class_weights(f.masks, args.classes, f.sizes)
-    spent = time.time() - started
-    seconds = (TRAINING_SHARE * args.time_limit - spent) / len(todo) if args.time_limit else 0
+    # Planned as one fold's time unless --fold names several: by default the plan's epochs
+    # then decide how many folds share the budget.
+    left = TRAINING_SHARE * args.time_limit - (time.time() - started)
+    seconds = left / len(named or [0]) if args.time_limit else 0
     args.input_size, args.plan = working_size(args, f, strategy, seconds)
+    todo = folds_to_train(args, named)
     h, w = np.median(f.sizes, axis=0).astype(int)
     log.info(f"{len(f.images)} images {w}x{h}{' (median: mixed sizes)' if f.mixed else ''} -> "
              f"{'patches' if args.patch else 'working size'} {args.input_size[1]}x"

@@ -21,6 +21,7 @@ OBJECT_PIXELS = 24  # a typical object's diameter at the working size, at least
 MIN_EPOCHS = 20  # below this many passes at the objects' size, train smaller
 GROW_EPOCHS = 60  # larger than the objects' size only where the budget still buys this many
 GROW_UPDATES = 1000  # and this many optimizer steps (small sets: epochs of a step or two)
+FOLD_EPOCHS = 40  # epochs of a fold, at least, before the budget buys another (an ensemble)
 LONGEST = 256  # the longest side without a time budget to size it by
 SHORTEST = 64  # never smaller on the short side
 
@@ -85,6 +86,13 @@ def affordable(seconds, steps_per_epoch, budget):
 
 def growth_epochs(steps_per_epoch):
     return max(GROW_EPOCHS, math.ceil(GROW_UPDATES / steps_per_epoch))
+
+
+def folds(epochs, most):
+    """How many folds a budget of `epochs` (at the planned size) trains FOLD_EPOCHS each: one
+    or more, `most` at most. On small sets, epochs past that many overfit where an ensemble of
+    folds does not (bench/README.md)."""
+    return max(1, min(most, epochs // FOLD_EPOCHS))
 
 
 def step_model(measured):

@@ -82,6 +82,12 @@ def test_small_sets_grow_only_with_enough_optimizer_steps():
     assert budget.plan([112, 160], sizes, GPU, 1, 600)[0] != [112, 160]
 
 
+def test_a_budget_of_many_epochs_buys_an_ensemble_of_folds():
+    assert budget.folds(25, 5) == budget.folds(0, 5) == 1  # too few for two: one fold
+    assert budget.folds(2 * budget.FOLD_EPOCHS, 5) == 2
+    assert budget.folds(100 * budget.FOLD_EPOCHS, 5) == 5  # never more than there are
+
+
 def test_a_time_limit_sizes_the_run_from_steps_timed_on_this_machine(demo, tmp_path):
     import json
     import shutil
@@ -98,8 +104,9 @@ def test_a_time_limit_sizes_the_run_from_steps_timed_on_this_machine(demo, tmp_p
     assert f"working size {w}x{h}: masks" in result.stdout and "s per fold" in result.stdout
     assert config["settings"]["epochs"] == 1000  # the budget decides
     assert config["settings"]["patience"] == 1000  # no early stop
+    assert len(config["folds"]) == budget.folds(plan["predicted_epochs"], 3)
     seconds = config["seconds"]
-    assert 0 < seconds["before training"] and 0 < seconds["training"][0] < 45
+    assert 0 < seconds["before training"] and 0 < sum(seconds["training"])
     assert f"{sum(seconds['training']):.0f} s of them in training" in result.stdout
     history = (tmp_path / "model" / "history_fold0.csv").read_text().splitlines()
     assert "seconds" in history[0].split(",") and len(history) > 2
