@@ -227,7 +227,7 @@ def planned_size(args, f, strategy, seconds):
     log.info(f"working size {size[1]}x{size[0]}: {objects} ({floor[1]}x{floor[0]} for them); "
              f"steps of {args.batch_size} took "
              f"{', '.join(f'{t:.2f} s at {hw}' for hw, t in timed.items())}: "
-             f"about {epochs} epochs of {steps} steps in {seconds:.0f} s per fold")
+             f"about {epochs} epochs of {steps} steps in {seconds:.0f} s")
     return size, plan
 
 

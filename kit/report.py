@@ -120,7 +120,7 @@ def plan_text(plan, w, h):
         floor = plan["objects_size"]
         timed = ", ".join(f"{t:.2f} s at {size}" for size, t in plan["seconds_per_step"].items())
         text += (f" ({floor[1]}x{floor[0]} for them); training steps took {timed}: about "
-                 f"{plan['predicted_epochs']} epochs in {plan['seconds']} s per fold")
+                 f"{plan['predicted_epochs']} epochs in {plan['seconds']} s")
     return text
 
 

@@ -101,7 +101,7 @@ def test_a_time_limit_sizes_the_run_from_steps_timed_on_this_machine(demo, tmp_p
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     plan, (h, w) = config["plan"], config["settings"]["input_size"]
     assert plan["seconds_per_step"] and plan["predicted_epochs"] >= 1 and plan["objects_size"]
-    assert f"working size {w}x{h}: masks" in result.stdout and "s per fold" in result.stdout
+    assert f"working size {w}x{h}: masks" in result.stdout and "steps in" in result.stdout
     assert config["settings"]["epochs"] == 1000  # the budget decides
     assert config["settings"]["patience"] == 1000  # no early stop
     assert len(config["folds"]) == budget.folds(plan["predicted_epochs"], 3)
