@@ -143,11 +143,15 @@ def folds_to_train(args, named):
     if named is None:
         plan = args.plan or {}
         args.budget_folds = interrupted_option(args, "--budget-folds") if args.resume else None
-        if not args.budget_folds:
-            args.budget_folds = budget.folds(plan.get("predicted_epochs", 0), args.folds)
-        if args.budget_folds > 1 and "predicted_epochs" in plan:
-            log.info(f"{args.budget_folds} folds: the budget trains each about "
-                     f"{plan['predicted_epochs'] // args.budget_folds} epochs (--fold to choose)")
+        if not args.budget_folds and "step_seconds" in plan:
+            args.budget_folds = budget.folds(plan["step_seconds"], plan["steps_per_epoch"],
+                                             plan["seconds"], plan["fixed_seconds"], args.folds)
+        args.budget_folds = args.budget_folds or 1
+        if args.budget_folds > 1:
+            each = budget.affordable(plan["step_seconds"], plan["steps_per_epoch"],
+                                     plan["seconds"] / args.budget_folds, plan["fixed_seconds"])
+            log.info(f"{args.budget_folds} folds: the budget trains each about {each} epochs "
+                     f"(--fold to choose)")
     todo = named or list(range(args.budget_folds))
     for f in todo:
         backup = args.workdir / "model" / f"backup_fold{f}"
@@ -220,10 +224,19 @@ def planned_size(args, f, strategy, seconds):
     candidates = budget.size_range(np.median(f.sizes, axis=0), stride(args), floor)
     frames = round(len(f.images) * (1 - 1 / args.folds))  # of a training fold
     steps = dataset.steps_per_epoch(frames, args.batch_size, args.augment)
-    timing = lambda size: training.seconds_per_step(args, size, f.images, f.masks, sizes, strategy)
-    size, epochs, measured = budget.plan(floor, candidates, timing, steps, seconds)
+    warmups = []
+
+    def timing(size):
+        step, warmup = training.seconds_per_step(args, size, f.images, f.masks, sizes, strategy)
+        warmups.append(warmup)
+        return step
+
+    size, step, measured = budget.plan(floor, candidates, timing, steps, seconds)
+    fixed = 1.5 * max(warmups)  # a fold compiles its training and validation steps
+    epochs = budget.affordable(step, steps, seconds, fixed)
     timed = {f"{w}x{h}": round(t, 4) for (h, w), t in measured.items()}
-    plan.update(seconds_per_step=timed, predicted_epochs=epochs, seconds=round(seconds))
+    plan.update(seconds_per_step=timed, step_seconds=step, steps_per_epoch=steps,
+                fixed_seconds=round(fixed, 1), predicted_epochs=epochs, seconds=round(seconds))
     log.info(f"working size {size[1]}x{size[0]}: {objects} ({floor[1]}x{floor[0]} for them); "
              f"steps of {args.batch_size} took "
              f"{', '.join(f'{t:.2f} s at {hw}' for hw, t in timed.items())}: "

@@ -22,6 +22,7 @@ MIN_EPOCHS = 20  # below this many passes at the objects' size, train smaller
 GROW_EPOCHS = 60  # larger than the objects' size only where the budget still buys this many
 GROW_UPDATES = 1000  # and this many optimizer steps (small sets: epochs of a step or two)
 FOLD_EPOCHS = 40  # epochs of a fold, at least, before the budget buys another (an ensemble)
+EPOCH_SECONDS = 1.0  # an epoch's own costs beyond its steps: validation, checkpoint, curves
 LONGEST = 256  # the longest side without a time budget to size it by
 SHORTEST = 64  # never smaller on the short side
 
@@ -79,20 +80,25 @@ def size_range(original, stride, floor=None):
     return sorted(map(list, {tuple(s) for s in sizes}), key=lambda s: (s[0] * s[1], s))
 
 
-def affordable(seconds, steps_per_epoch, budget):
-    """Epochs a budget buys at `seconds` per training step (validation: about a tenth more)."""
-    return int(budget / (1.1 * seconds * steps_per_epoch))
+def affordable(seconds, steps_per_epoch, budget, fixed=0.0):
+    """Epochs a budget buys at `seconds` per training step, after `fixed` seconds paid once
+    (tracing and compiling)."""
+    return int(max(0.0, budget - fixed) / (1.1 * seconds * steps_per_epoch + EPOCH_SECONDS))
 
 
 def growth_epochs(steps_per_epoch):
     return max(GROW_EPOCHS, math.ceil(GROW_UPDATES / steps_per_epoch))
 
 
-def folds(epochs, most):
-    """How many folds a budget of `epochs` (at the planned size) trains FOLD_EPOCHS each: one
-    or more, `most` at most. On small sets, epochs past that many overfit where an ensemble of
-    folds does not (bench/README.md)."""
-    return max(1, min(most, epochs // FOLD_EPOCHS))
+def folds(seconds, steps_per_epoch, budget, fixed, most):
+    """How many folds share a budget, each training FOLD_EPOCHS at least at `seconds` per step
+    and paying `fixed` seconds of its own: one or more, `most` at most. On small sets, epochs
+    past that many overfit where an ensemble of folds does not (bench/README.md)."""
+    fit = [
+        n for n in range(1, most + 1)
+        if affordable(seconds, steps_per_epoch, budget / n, fixed) >= FOLD_EPOCHS
+    ]
+    return max(fit, default=1)
 
 
 def step_model(measured):
@@ -114,7 +120,7 @@ def plan(floor, candidates, timing, steps_per_epoch, budget, probes=3):
     objects' size) that still affords growth_epochs; else `floor` if it affords MIN_EPOCHS;
     else the largest smaller candidate that does (or the smallest). Steps are timed at `floor`,
     then at each size the predictions pick, until a pick was measured already (at most `probes`
-    timings). Returns (size, predicted epochs, {(H, W): measured seconds per step})."""
+    timings). Returns (size, its predicted seconds per step, {(H, W): measured seconds})."""
     area = lambda size: size[0] * size[1]
     measured, size = {}, list(floor)
     for _ in range(probes):
@@ -127,4 +133,4 @@ def plan(floor, candidates, timing, steps_per_epoch, budget, probes=3):
         size = (larger or smaller or candidates[:1])[-1]
         if tuple(size) in measured:
             break
-    return size, epochs(size), measured
+    return size, seconds(area(size)), measured

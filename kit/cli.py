@@ -3,6 +3,7 @@ errors instead of tracebacks, progress bars."""
 
 import argparse
 import errno
+import gc
 import logging
 import os
 import sys
@@ -81,7 +82,11 @@ def run(main):
     """Run a script's main(): errors the user can fix become one line and exit code 2
     (a traceback only with -v); nothing half-written is left behind (see files.atomic_path)."""
     try:
-        sys.exit(main())
+        code = main()
+        # The interpreter's last garbage collection would run the finalizers of every function
+        # TensorFlow traced: a minute after a long training, with nothing left to save.
+        gc.freeze()
+        sys.exit(code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -251,10 +251,11 @@ def train_fold(s, fold, train, val, mean, std, deadline, strategy):
     state.save(done=True)
 
 
-def seconds_per_step(s, size, images, masks, sizes, strategy, steps=4):
-    """Seconds of this recipe's training step at `size` on these frames (augmentation and all):
+def seconds_per_step(s, size, images, masks, sizes, strategy, steps=3):
+    """Seconds of this recipe's training step at `size` on these frames (augmentation and all),
     the fastest of `steps` steps after two that trace, compile and warm the caches up (a busy
-    machine only ever slows a step down)."""
+    machine only ever slows a step down); and the seconds those two took beyond two steps:
+    what each fold pays once."""
     n = min(len(images), s.batch_size * (steps + 2))
     crop = None if sizes is None else sizes[:n]
     x = resize_stack(images[:n], size, "area", crop=crop)
@@ -262,11 +263,12 @@ def seconds_per_step(s, size, images, masks, sizes, strategy, steps=4):
     net = compiled_model(s, float(x.mean()), float(x.std()) or 1.0, strategy, size, initial=False)
     data = dataset.dataset(x, y, s.batch_size, s.seed, range(steps + 2), s.classes, shuffle=True,
                            augment=s.augment, presence=s.gate)
-    ends = []
+    ends = [time.time()]
     clock = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: ends.append((float(logs["loss"]), time.time())[1]))
     net.fit(data.repeat(), epochs=1, steps_per_epoch=steps + 2, verbose=0, callbacks=[clock])
-    return float(np.min(np.diff(ends[1:])))
+    step = float(np.min(np.diff(ends[2:])))
+    return step, max(0.0, ends[2] - ends[0] - 2 * step)
 
 
 # ---------------------------------------------------------------- out of fold

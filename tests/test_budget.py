@@ -58,18 +58,20 @@ GPU = lambda size: 0.01 + 1e-9 * size[0] * size[1]  # mostly overhead
 
 def test_the_objects_size_stays_where_the_budget_buys_enough_epochs_but_not_many_more():
     sizes = budget.size_range((420, 580), 16, floor=[112, 160])
-    size, epochs, measured = budget.plan([112, 160], sizes, CPU, steps_per_epoch=30, budget=600)
+    size, step, measured = budget.plan([112, 160], sizes, CPU, steps_per_epoch=30, budget=600)
+    epochs = budget.affordable(step, 30, 600)
     assert size == [112, 160] and budget.MIN_EPOCHS <= epochs < budget.GROW_EPOCHS
     assert list(measured) == [(112, 160)]  # one timing
 
 
 def test_fast_steps_grow_the_size_and_slow_ones_shrink_it():
     sizes = budget.size_range((420, 580), 16, floor=[112, 160])
-    size, epochs, measured = budget.plan([112, 160], sizes, GPU, 30, 600)
-    assert size == [416, 576] and epochs >= budget.growth_epochs(30) and len(measured) <= 3
+    size, step, measured = budget.plan([112, 160], sizes, GPU, 30, 600)
+    assert size == [416, 576] and len(measured) <= 3
+    assert budget.affordable(step, 30, 600) >= budget.growth_epochs(30)
     slow = lambda size: 2 * CPU(size)
-    size, epochs, _ = budget.plan([112, 160], sizes, slow, 30, 600)
-    assert size[0] < 112 and epochs >= budget.MIN_EPOCHS  # the largest smaller that trains
+    size, step, _ = budget.plan([112, 160], sizes, slow, 30, 600)
+    assert size[0] < 112 and budget.affordable(step, 30, 600) >= budget.MIN_EPOCHS
     bigger = sizes[sizes.index(size) + 1]
     assert budget.affordable(slow(bigger), 30, 600) < budget.MIN_EPOCHS
     assert budget.plan([112, 160], sizes, lambda s: 100 * CPU(s), 30, 600)[0] == sizes[0]
@@ -78,14 +80,18 @@ def test_fast_steps_grow_the_size_and_slow_ones_shrink_it():
 def test_small_sets_grow_only_with_enough_optimizer_steps():
     """A set of a step per epoch buys many epochs, but epochs of one step teach little."""
     sizes = budget.size_range((420, 580), 16, floor=[112, 160])
-    assert budget.plan([112, 160], sizes, CPU, steps_per_epoch=1, budget=600)[0] == [112, 160]
-    assert budget.plan([112, 160], sizes, GPU, 1, 600)[0] != [112, 160]
+    assert budget.plan([112, 160], sizes, CPU, steps_per_epoch=1, budget=1200)[0] == [112, 160]
+    assert budget.plan([112, 160], sizes, GPU, 1, 1200)[0] != [112, 160]
 
 
 def test_a_budget_of_many_epochs_buys_an_ensemble_of_folds():
-    assert budget.folds(25, 5) == budget.folds(0, 5) == 1  # too few for two: one fold
-    assert budget.folds(2 * budget.FOLD_EPOCHS, 5) == 2
-    assert budget.folds(100 * budget.FOLD_EPOCHS, 5) == 5  # never more than there are
+    epoch = 1.1 * 0.5 + budget.EPOCH_SECONDS  # one step of 0.5 s: 1.55 s an epoch
+    need = budget.FOLD_EPOCHS * epoch
+    assert budget.folds(0.5, 1, 1.5 * need, 0, 5) == 1  # too little for two: one fold
+    assert budget.folds(0.5, 1, 2 * need + 1, 0, 5) == 2
+    assert budget.folds(0.5, 1, 2 * need + 1, 20, 5) == 1  # each fold compiles: 20 s each
+    assert budget.folds(0.5, 1, 100 * need, 0, 5) == 5  # never more than there are
+    assert budget.affordable(0.5, 1, 20, fixed=30) == 0
 
 
 def test_a_time_limit_sizes_the_run_from_steps_timed_on_this_machine(demo, tmp_path):
@@ -104,7 +110,8 @@ def test_a_time_limit_sizes_the_run_from_steps_timed_on_this_machine(demo, tmp_p
     assert f"working size {w}x{h}: masks" in result.stdout and "steps in" in result.stdout
     assert config["settings"]["epochs"] == 1000  # the budget decides
     assert config["settings"]["patience"] == 1000  # no early stop
-    assert len(config["folds"]) == budget.folds(plan["predicted_epochs"], 3)
+    assert len(config["folds"]) == budget.folds(plan["step_seconds"], plan["steps_per_epoch"],
+                                                plan["seconds"], plan["fixed_seconds"], 3)
     seconds = config["seconds"]
     assert 0 < seconds["before training"] and 0 < sum(seconds["training"])
     assert f"{sum(seconds['training']):.0f} s of them in training" in result.stdout
