@@ -92,7 +92,7 @@ def add_validation_flags(p):
     g.add_argument("--folds", type=int, default=5, help="subject-grouped folds")
     g.add_argument(
         "--fold", help="fold to train, or 'all' for an ensemble (default: 0; under --time-limit, "
-        "as many folds as the budget trains 40 epochs each)")
+        "as many folds as the budget trains 60 epochs each)")
     g.add_argument(
         "--patience", type=int,
         help="epochs without validation gain before stopping (default: 15; under "
