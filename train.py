@@ -147,7 +147,7 @@ def folds_to_train(args, named):
             args.budget_folds = budget.folds(plan["step_seconds"], plan["steps_per_epoch"],
                                              plan["seconds"], plan["fixed_seconds"], args.folds)
         args.budget_folds = args.budget_folds or 1
-        if args.budget_folds > 1:
+        if args.budget_folds > 1 and "step_seconds" in plan:
             each = budget.affordable(plan["step_seconds"], plan["steps_per_epoch"],
                                      plan["seconds"] / args.budget_folds, plan["fixed_seconds"])
             log.info(f"{args.budget_folds} folds: the budget trains each about {each} epochs "

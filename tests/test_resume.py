@@ -122,3 +122,22 @@ def test_time_limit_ends_the_run_cleanly(demo, tmp_path):
     assert not (work / "model/backup_fold0").exists()
     assert not [p.name for p in (work / "model").iterdir() if p.name.startswith(".")
                 ]  # no temporaries left
+
+
+def test_resume_trains_the_folds_the_budget_chose_for_the_interrupted_run(tmp_path):
+    """Under a time limit the budget chooses the folds; --resume must not choose anew (its
+    size is not planned anew either, so there is no plan to choose from)."""
+    import argparse
+
+    import train
+    backup = tmp_path / "model" / "backup_fold1"
+    backup.mkdir(parents=True)
+    options = {"--budget-folds": 3, "--input-size": [32, 48]}
+    (backup / "state.json").write_text(json.dumps({"options": options}))
+    args = argparse.Namespace(fold=None, resume=True, plan=None, folds=5, workdir=tmp_path)
+    assert train.folds_to_train(args, None) == [0, 1, 2]
+    assert train.interrupted_option(args, "--input-size") == [32, 48]
+    args.resume = False
+    assert train.folds_to_train(args, None) == [0]  # afresh, no plan: fold 0
+    with pytest.raises(train.UserError, match="pass --resume"):
+        train.folds_to_train(args, [1])  # --fold 1 was interrupted
