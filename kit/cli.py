@@ -38,10 +38,19 @@ def import_tensorflow():
     return tf
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds each option's default to its help, unless the help says it already (a default
+    that depends on other options)."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser(doc):
     """The flags every step takes; -h shows each option's default."""
-    p = argparse.ArgumentParser(description=doc.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=doc.split("\n")[0], formatter_class=DefaultsFormatter)
     p.add_argument("--raw", type=Path, default=default_raw(), help="competition files")
     p.add_argument("--workdir", type=Path, default=default_workdir(),
                    help="arrays, models, outputs")
