@@ -35,8 +35,8 @@ def default_size(masks, time_limit, stride, sizes=None, classes=1, most=500):
     h, w = np.median(sizes, axis=0) if sizes is not None else masks.shape[1:3]
     sample = [np.asarray(m) for m in masks[::max(1, len(masks) // most)]]
     labels = range(1, classes + 1) if classes > 1 else [None]
-    binary = [[m == c if c else m > 0 for m in sample] for c in labels]
-    widths = [across([m for m in masks if m.any()]) for masks in binary]
+    per_class = [[m == c if c else m > 0 for m in sample] for c in labels]
+    widths = [across([m for m in binary if m.any()]) for binary in per_class]
     diameter = min([d for d in widths if d] or [min(h, w)])
     longest = 160 if 0 < time_limit <= 1200 else LONGEST
     scale = min(max(min(1.0, OBJECT_PIXELS / diameter), SHORTEST / min(h, w)), longest / max(h, w))
