@@ -28,7 +28,7 @@ from kit.files import UserError, atomic_path
 import keras  # noqa: E402  (after kit: TensorFlow's start-up noise is hidden there)
 
 log = logging.getLogger(__name__)
-TRAINING_SHARE = 0.95  # of --time-limit; the rest for out-of-fold predictions and records
+TRAINING_SHARE = 0.95  # of --time-limit, where no step was timed; the rest for what follows
 
 
 @dataclasses.dataclass
@@ -291,16 +291,29 @@ def print_summary(args):
           f"{field}")
 
 
+def reserved_seconds(args, frames):
+    """Seconds of --time-limit kept for what follows the training (the out-of-fold predictions
+    of `frames` validation frames, tuning, records), so that the run ends within the limit:
+    estimated from the step timed by the plan, else a fixed share."""
+    plan = args.plan or {}
+    if "step_seconds" not in plan:
+        return (1 - TRAINING_SHARE) * args.time_limit
+    seconds = budget.reserve(plan["step_seconds"], args.batch_size, frames, args.tta)
+    return min(seconds, args.time_limit / 2)
+
+
 def train_folds(args, todo, f, started, strategy):
-    """Train each fold; return the out-of-fold probabilities, presence (None without --gate),
-    their frames, and the folds."""
+    """Train each fold, the folds sharing the budget evenly; return the out-of-fold
+    probabilities, presence (None without --gate), their frames, and the folds."""
     folds = dataset.subject_folds(f.subjects, args.folds, args.seed)
+    kept = reserved_seconds(args, np.bincount(folds, minlength=args.folds)[todo].max())
+    end, begin = started + args.time_limit - kept, time.time()
+    if args.time_limit:
+        log.info(f"training until {end - started:.0f} s of the {args.time_limit:.0f} s; "
+                 f"{kept:.0f} s kept for out-of-fold predictions and records")
     probs, presence, index = [], [], []
     for n, fold in enumerate(todo):
-        # 5% of the budget is left for what follows the training: out-of-fold predictions,
-        # tuning, records; the run as a whole then ends within --time-limit.
-        share = TRAINING_SHARE * args.time_limit * (n + 1) / len(todo)
-        deadline = started + share if args.time_limit else 0
+        deadline = begin + (end - begin) * (n + 1) / len(todo) if args.time_limit else 0
         train, val = folds != fold, folds == fold
         log.info(f"fold {fold}: {train.sum()} training, {val.sum()} validation frames "
                  f"(subjects {sorted(set(f.subjects[val].tolist()))})")

@@ -23,6 +23,7 @@ GROW_EPOCHS = 60  # larger than the objects' size only where the budget still bu
 GROW_UPDATES = 1000  # and this many optimizer steps (small sets: epochs of a step or two)
 FOLD_EPOCHS = 60  # epochs of a fold, at least, before the budget buys another (an ensemble)
 EPOCH_SECONDS = 1.0  # an epoch's own costs beyond its steps: validation, checkpoint, curves
+AFTER_SECONDS = 15.0  # kept after the training: loading, tuning, records, and the start-up
 LONGEST = 256  # the longest side without a time budget to size it by
 SHORTEST = 64  # never smaller on the short side
 
@@ -84,6 +85,15 @@ def affordable(seconds, steps_per_epoch, budget, fixed=0.0):
     """Epochs a budget buys at `seconds` per training step, after `fixed` seconds paid once
     (tracing and compiling)."""
     return int(max(0.0, budget - fixed) / (1.1 * seconds * steps_per_epoch + EPOCH_SECONDS))
+
+
+def reserve(seconds, batch_size, frames, tta):
+    """Seconds of a budget to keep for what follows the training: AFTER_SECONDS, and twice what
+    the out-of-fold predictions of `frames` validation frames should take at `seconds` per
+    training step of `batch_size` (a forward pass costs about a third of a step; with tta, two
+    passes a frame)."""
+    forward = seconds / batch_size / 3 * (2 if tta else 1)
+    return AFTER_SECONDS + 2 * forward * frames
 
 
 def growth_epochs(steps_per_epoch):

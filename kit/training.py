@@ -117,6 +117,9 @@ def compile_model(s, net):
     if s.gate:  # the loss is the sum of the two: the mask's, and cross-entropy on presence
         loss, metric = {model.MASK: loss, model.PRESENCE: model.bce_loss}, {model.MASK: metric}
     net.compile(adam, loss, metrics=metric)
+    # Built here, the optimizer's variables exist before fit traces its step: created inside that
+    # trace, they make TensorFlow trace the whole step twice (4 s a model on a 2-core CPU).
+    net.optimizer.build(net.trainable_variables)
 
 
 def compiled_model(s, mean, std, strategy, size=None, initial=True, frozen=False):

@@ -94,6 +94,14 @@ def test_a_budget_of_many_epochs_buys_an_ensemble_of_folds():
     assert budget.affordable(0.5, 1, 20, fixed=30) == 0
 
 
+def test_the_time_kept_after_training_grows_with_the_validation_frames_to_predict():
+    assert budget.reserve(0.3, 16, 0, True) == budget.AFTER_SECONDS
+    few, many = budget.reserve(0.3, 16, 100, True), budget.reserve(0.3, 16, 1000, True)
+    assert budget.AFTER_SECONDS < few < many
+    assert budget.reserve(0.3, 16, 1000, False) < many  # one pass a frame without tta
+    assert budget.reserve(3.0, 16, 1000, True) > many  # a slower machine keeps more
+
+
 def test_a_time_limit_sizes_the_run_from_steps_timed_on_this_machine(demo, tmp_path):
     import json
     import shutil
@@ -108,6 +116,7 @@ def test_a_time_limit_sizes_the_run_from_steps_timed_on_this_machine(demo, tmp_p
     plan, (h, w) = config["plan"], config["settings"]["input_size"]
     assert plan["seconds_per_step"] and plan["predicted_epochs"] >= 1 and plan["objects_size"]
     assert f"working size {w}x{h}: masks" in result.stdout and "steps in" in result.stdout
+    assert "kept for out-of-fold predictions and records" in result.stdout
     assert config["settings"]["epochs"] == 1000  # the budget decides
     assert config["settings"]["patience"] == 1000  # no early stop
     assert len(config["folds"]) == budget.folds(plan["step_seconds"], plan["steps_per_epoch"],
