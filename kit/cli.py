@@ -60,8 +60,11 @@ def parser(doc):
 
 
 def setup_logging(args):
-    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    level = logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout)
+    if args.verbose:  # the kit's own details; the libraries' debug logs (fonts, files) stay out
+        for name in ("kit", "__main__"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
     if not args.verbose:
         import warnings
 

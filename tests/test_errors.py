@@ -411,3 +411,23 @@ def test_submission_check_accepts_a_good_csv(submission_work, tmp_path):
                         work / "mine.csv")
     assert f"in {work / 'mine.csv'}" in result.stdout
     assert snapshot(work) == before
+
+
+def test_verbose_shows_the_kits_details_not_the_libraries_debug_logs():
+    import argparse
+    import logging
+
+    from kit import cli
+    root = logging.getLogger()
+    before = root.level, root.handlers[:]
+    root.handlers[:] = []  # as a script starts: nothing configured yet
+    try:
+        cli.setup_logging(argparse.Namespace(quiet=False, verbose=True))
+        assert logging.getLogger("kit.training").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("__main__").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("matplotlib.font_manager").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(before[0])
+        root.handlers[:] = before[1]
+        for name in ("kit", "__main__"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
