@@ -2,6 +2,7 @@
 saved, the out-of-fold predictions of a run, and the threshold, minimum area and scores
 tuned and measured on them."""
 
+import gc
 import logging
 import os
 import sys
@@ -243,6 +244,7 @@ def train_fold(s, fold, train, val, mean, std, deadline, strategy):
     chain, stop = fold_callbacks(s, fold, state, first, deadline)
     if first < s.epochs and not state.state["stopped"] and not state.state["done"]:
         fit_fold(s, fold, net, (train, val), chain, first, state, strategy)
+    gc.freeze()  # fit's leftovers: see train.py's train_folds
     if stop.signalled:
         log.warning(f"{stop.signalled}: fold {fold} stopped; its {state.state['epoch']} complete "
                     f"epochs are saved in {state.folder}: run the same command with --resume "
