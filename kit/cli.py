@@ -65,7 +65,7 @@ def setup_logging(args):
     if args.verbose:  # the kit's own details; the libraries' debug logs (fonts, files) stay out
         for name in ("kit", "__main__"):
             logging.getLogger(name).setLevel(logging.DEBUG)
-    if not args.verbose:
+    else:
         import warnings
 
         warnings.filterwarnings("ignore")
