@@ -222,7 +222,7 @@ def planned_size(args, f, strategy, seconds):
     if seconds <= 0:
         log.info(f"working size {floor[1]}x{floor[0]}: {objects}")
         return floor, plan
-    candidates = budget.size_range(np.median(f.sizes, axis=0), stride(args), floor)
+    candidates = budget.size_range(np.median(f.sizes, axis=0), stride(args), floor, across)
     frames = round(len(f.images) * (1 - 1 / args.folds))  # of a training fold
     steps = dataset.steps_per_epoch(frames, args.batch_size, args.augment)
     warmups = []

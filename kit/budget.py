@@ -4,11 +4,12 @@ and from training steps timed on this machine in the first seconds of the run.
 The objects set the working size (default_size: a typical object about OBJECT_PIXELS across).
 Under a time limit the measured speed then moves it (plan): larger where the budget still buys
 GROW_EPOCHS passes and GROW_UPDATES optimizer steps there (a GPU), smaller only where the
-objects' size would not buy MIN_EPOCHS (a slow CPU on a large set). A laptop CPU, a T4 and an
+objects' size would not buy MIN_EPOCHS (a slow CPU on a large set), while a typical object
+stays LEAST_OBJECT_PIXELS across. A laptop CPU, a T4 and an
 H100 differ a hundredfold: the same defaults pick a larger size where steps are fast. nnU-Net
 configures itself from a dataset fingerprint and the GPU's memory; this is the same idea for a
-time budget. On a CPU, epochs count for more than resolution beyond the objects' size
-(bench/README.md), hence the high bar for growing."""
+time budget. On a CPU, epochs counted for more than resolution around the objects' size
+(bench/README.md): hence the high bar for growing, and the shrinking below it."""
 
 import logging
 import math
@@ -18,7 +19,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 OBJECT_PIXELS = 24  # a typical object's diameter at the working size, at least
-MIN_EPOCHS = 20  # below this many passes at the objects' size, train smaller
+LEAST_OBJECT_PIXELS = 16  # never smaller than this to buy epochs
+MIN_EPOCHS = 50  # below this many passes at the objects' size, train smaller
 GROW_EPOCHS = 60  # larger than the objects' size only where the budget still buys this many
 GROW_UPDATES = 1000  # and this many optimizer steps (small sets: epochs of a step or two)
 FOLD_EPOCHS = 60  # epochs of a fold, at least, before the budget buys another (an ensemble)
@@ -69,15 +71,20 @@ def round_to(size, stride):
     return [max(stride, int(round(n / stride)) * stride) for n in size]
 
 
-def size_range(original, stride, floor=None):
+def size_range(original, stride, floor=None, across=None):
     """Candidate working sizes (H, W), smallest first, keeping the aspect ratio: from SHORTEST
     on the short side up to the original size, in steps of about 1.25x in each dimension, with
-    `floor` (the objects' size) among them."""
+    `floor` (the objects' size) among them, and none below it where a typical object `across`
+    original pixels wide would be under LEAST_OBJECT_PIXELS."""
     h, w = original
     low = min(1.0, SHORTEST / min(h, w))
     scales = [low * 1.25**k for k in range(int(math.log(1 / low, 1.25)) + 1)] + [1.0]
     sizes = [round_to((h * scale, w * scale), stride) for scale in scales]
     sizes += [list(floor)] if floor else []
+    if floor and across:
+        seen = lambda s: min(s[0] / h, s[1] / w) * across
+        below = lambda s: s[0] * s[1] < floor[0] * floor[1]
+        sizes = [s for s in sizes if not below(s) or seen(s) >= LEAST_OBJECT_PIXELS]
     return sorted(map(list, {tuple(s) for s in sizes}), key=lambda s: (s[0] * s[1], s))
 
 

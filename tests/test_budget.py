@@ -58,8 +58,8 @@ GPU = lambda size: 0.01 + 1e-9 * size[0] * size[1]  # mostly overhead
 
 def test_the_objects_size_stays_where_the_budget_buys_enough_epochs_but_not_many_more():
     sizes = budget.size_range((420, 580), 16, floor=[112, 160])
-    size, step, measured = budget.plan([112, 160], sizes, CPU, steps_per_epoch=30, budget=600)
-    epochs = budget.affordable(step, 30, 600)
+    size, step, measured = budget.plan([112, 160], sizes, CPU, steps_per_epoch=30, budget=1000)
+    epochs = budget.affordable(step, 30, 1000)
     assert size == [112, 160] and budget.MIN_EPOCHS <= epochs < budget.GROW_EPOCHS
     assert list(measured) == [(112, 160)]  # one timing
 
@@ -69,12 +69,24 @@ def test_fast_steps_grow_the_size_and_slow_ones_shrink_it():
     size, step, measured = budget.plan([112, 160], sizes, GPU, 30, 600)
     assert size == [416, 576] and len(measured) <= 3
     assert budget.affordable(step, 30, 600) >= budget.growth_epochs(30)
-    slow = lambda size: 2 * CPU(size)
+    slow = lambda size: 1.2 * CPU(size)
     size, step, _ = budget.plan([112, 160], sizes, slow, 30, 600)
     assert size[0] < 112 and budget.affordable(step, 30, 600) >= budget.MIN_EPOCHS
     bigger = sizes[sizes.index(size) + 1]
     assert budget.affordable(slow(bigger), 30, 600) < budget.MIN_EPOCHS
     assert budget.plan([112, 160], sizes, lambda s: 100 * CPU(s), 30, 600)[0] == sizes[0]
+
+
+def test_shrinking_to_buy_epochs_keeps_a_typical_object_16_pixels_across():
+    """Objects 80 px across in 420x580 frames: no candidate below the floor makes them smaller
+    than LEAST_OBJECT_PIXELS, however few epochs the smallest buys."""
+    sizes = budget.size_range((420, 580), 16, floor=[112, 160], across=80)
+    assert [80, 112] in budget.size_range((420, 580), 16, floor=[112, 160])
+    assert sizes[0] == [96, 144] and [112, 160] in sizes
+    assert all(min(h / 420, w / 580) * 80 >= budget.LEAST_OBJECT_PIXELS for h, w in sizes)
+    assert budget.plan([112, 160], sizes, lambda s: 100 * CPU(s), 30, 600)[0] == [96, 144]
+    small = budget.size_range((420, 580), 16, floor=[112, 160], across=40)  # a capped floor
+    assert small[0] == [112, 160] and small[1:] == sizes[2:]  # nothing smaller; larger all kept
 
 
 def test_small_sets_grow_only_with_enough_optimizer_steps():
