@@ -5,11 +5,11 @@ The objects set the working size (default_size: a typical object about OBJECT_PI
 Under a time limit the measured speed then moves it (plan): larger where the budget still buys
 GROW_EPOCHS passes and GROW_UPDATES optimizer steps there (a GPU), smaller only where the
 objects' size would not buy MIN_EPOCHS (a slow CPU on a large set), while a typical object
-stays LEAST_OBJECT_PIXELS across. A laptop CPU, a T4 and an
-H100 differ a hundredfold: the same defaults pick a larger size where steps are fast. nnU-Net
-configures itself from a dataset fingerprint and the GPU's memory; this is the same idea for a
-time budget. On a CPU, epochs counted for more than resolution around the objects' size
-(bench/README.md): hence the high bar for growing, and the shrinking below it."""
+stays LEAST_OBJECT_PIXELS across. A laptop CPU, a T4 and an H100 differ a hundredfold: the same
+defaults pick a larger size where steps are fast. nnU-Net configures itself from a dataset
+fingerprint and the GPU's memory; this is the same idea for a time budget. On a CPU, epochs
+counted for more than resolution around the objects' size (bench/README.md): hence the high bar
+for growing, and the shrinking below it."""
 
 import logging
 import math
@@ -67,6 +67,10 @@ def thickness(mask):
     return 2 * np.count_nonzero(mask) / max(1, boundary)
 
 
+def area(size):
+    return size[0] * size[1]
+
+
 def round_to(size, stride):
     return [max(stride, int(round(n / stride)) * stride) for n in size]
 
@@ -83,9 +87,8 @@ def size_range(original, stride, floor=None, across=None):
     sizes += [list(floor)] if floor else []
     if floor and across:
         seen = lambda s: min(s[0] / h, s[1] / w) * across
-        below = lambda s: s[0] * s[1] < floor[0] * floor[1]
-        sizes = [s for s in sizes if not below(s) or seen(s) >= LEAST_OBJECT_PIXELS]
-    return sorted(map(list, {tuple(s) for s in sizes}), key=lambda s: (s[0] * s[1], s))
+        sizes = [s for s in sizes if area(s) >= area(floor) or seen(s) >= LEAST_OBJECT_PIXELS]
+    return sorted(map(list, {tuple(s) for s in sizes}), key=lambda s: (area(s), s))
 
 
 def affordable(seconds, steps_per_epoch, budget, fixed=0.0):
@@ -138,7 +141,6 @@ def plan(floor, candidates, timing, steps_per_epoch, budget, probes=3):
     else the largest smaller candidate that does (or the smallest). Steps are timed at `floor`,
     then at each size the predictions pick, until a pick was measured already (at most `probes`
     timings). Returns (size, its predicted seconds per step, {(H, W): measured seconds})."""
-    area = lambda size: size[0] * size[1]
     measured, size = {}, list(floor)
     for _ in range(probes):
         measured[tuple(size)] = timing(size)
