@@ -3,6 +3,7 @@ images at the working size, or random patches of large images)."""
 
 import logging
 import math
+import os
 
 import numpy as np
 
@@ -13,6 +14,16 @@ from kit.model import MASK, PRESENCE
 
 tf = import_tensorflow()
 log = logging.getLogger(__name__)
+# Batches prepared at once, and ready ahead. Fixed, not tf.data.AUTOTUNE: the autotuning thread
+# of a finished fit's pipeline once held up the end of a fold for 15-45 s as it was freed.
+PARALLEL_BATCHES = min(4, os.cpu_count() or 1)
+READY_BATCHES = 2
+
+
+def fixed_pipeline(ds):
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(READY_BATCHES).with_options(options)
 
 
 def subject_folds(subjects, k, seed):
@@ -69,7 +80,7 @@ def dataset(images, masks, batch_size, seed=0, epochs=range(1), classes=1, shuff
     ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(one_epoch)
     # flat_map hides the length from Keras: say it
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(epochs) * steps))
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return fixed_pipeline(ds.map(load, num_parallel_calls=PARALLEL_BATCHES))
 
 
 def targets(masks, classes):
@@ -92,8 +103,8 @@ def batches(ds, batch_size, drop_remainder, augment, seed, classes):
     if augment:
         augmenter = make_augmenter(seed)
         ds = ds.enumerate().map(lambda i, xy: augmenter(i, *xy),
-                                num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+                                num_parallel_calls=PARALLEL_BATCHES)
+    return fixed_pipeline(ds)
 
 
 def resize_masks(masks, size, classes, sizes=None):
@@ -179,12 +190,12 @@ def pixel_statistics(images, sizes, most=200):
     return float(pixels.mean()), float(pixels.std()) or 1.0
 
 
-def fold_datasets(s, fold, x_train, y_train, x_val, y_val, sizes, first):
-    """Training batches of the epochs from `first` on, validation batches, steps per epoch;
+def fold_datasets(s, fold, x_train, y_train, x_val, y_val, sizes, epochs):
+    """Training batches of the `epochs` (a range), validation batches, steps per epoch;
     s: train.py's settings."""
     if not s.patch:
         steps = steps_per_epoch(len(x_train), s.batch_size, s.augment)
-        train = dataset(x_train, y_train, s.batch_size, s.seed + fold, range(first, s.epochs),
+        train = dataset(x_train, y_train, s.batch_size, s.seed + fold, epochs,
                         s.classes, shuffle=True, augment=s.augment, presence=s.gate)
         val = dataset(x_val, y_val, s.batch_size * 2, classes=s.classes, presence=s.gate)
         return train, val, steps
