@@ -54,7 +54,8 @@ def add_recipe_flags(p):
     g.add_argument("--preset", choices=sorted(training.PRESETS),
                    help="a named recipe, whose values become the defaults")
     g.add_argument("--epochs", type=int,
-                   help="most epochs per fold (default: 60; under --time-limit, as many as fit)")
+                   help="most epochs per fold (default: 60; under --time-limit, as many as fit, "
+                   "uncapped)")
     g.add_argument("--batch-size", type=int, default=16, help="global batch size")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam")
     g.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
@@ -267,12 +268,12 @@ def to_working_size(args, f):
 
 
 def resolve_budget_defaults(args):
-    """Under a time limit the budget decides the epochs, and nothing stops early by default:
-    the schedule spans the planned epochs, and the best epoch is kept."""
-    if args.epochs is None:
-        args.epochs = 1000 if args.time_limit else 60
-    if args.patience is None:
-        args.patience = args.epochs if args.time_limit else 15
+    """Under a time limit the budget decides the epochs (None: no cap unless --epochs gives one),
+    and nothing stops early by default: the schedule spans the planned epochs, and the best epoch
+    is kept."""
+    if not args.time_limit:
+        args.epochs = 60 if args.epochs is None else args.epochs
+        args.patience = 15 if args.patience is None else args.patience
 
 
 def print_summary(args):

@@ -149,7 +149,8 @@ class TrainingState(keras.callbacks.Callback):
         # With a time limit, never before half the planned epochs (PlanEpochs): on small sets
         # the validation Dice can sit at 0 for longer than the patience, then take off.
         earliest = logs.get("planned_epochs", 0) // 2 if self.timed else 0
-        stopped = epoch - best_epoch >= self.patience and epoch + 1 >= earliest
+        stopped = (self.patience is not None and epoch - best_epoch >= self.patience
+                   and epoch + 1 >= earliest)
         self.model.stop_training |= stopped
         weights = self.save_weights(f"epoch{epoch + 1}.weights.h5")
         self.save(epoch=epoch + 1, best=best, best_epoch=best_epoch, best_weights=best_weights,
@@ -218,12 +219,14 @@ class PlanEpochs(keras.callbacks.Callback):
     also compiles), plans how many epochs fit before the deadline at the mean pace of those
     epochs, and stops when the plan is done. An epoch's pace runs from its start to the next
     one's, so the other callbacks' work between epochs (saving, plotting) counts. Logs the plan
-    and each epoch's seconds (TrainingState reads the plan): put it before TrainingState."""
+    and each epoch's seconds (TrainingState reads the plan): put it before TrainingState.
+    most_epochs: None for no cap; guess: the plan before any epoch is timed (at least 2: the
+    second epoch's end makes the first plan from a pace)."""
 
-    def __init__(self, most_epochs, deadline, planned=None):
+    def __init__(self, most_epochs, deadline, planned=None, guess=2):
         super().__init__()
-        self.most, self.deadline = most_epochs, deadline
-        self.planned_epochs = int(planned or most_epochs)
+        self.most, self.deadline = most_epochs or math.inf, deadline
+        self.planned_epochs = int(planned or most_epochs or max(2, guess))
         self.fixed = planned is not None or not deadline  # a resumed run keeps its plan
         self.began, self.cycles = None, []
 

@@ -4,13 +4,14 @@ tuned and measured on them."""
 
 import gc
 import logging
+import math
 import os
 import sys
 import time
 
 import numpy as np
 
-from kit import callbacks, dataset, encoders, figures, inference, metrics, model
+from kit import budget, callbacks, dataset, encoders, figures, inference, metrics, model
 from kit.cli import import_tensorflow
 from kit.files import UserError, atomic_path
 from kit.images import resize_stack
@@ -142,13 +143,24 @@ def compiled_model(s, mean, std, strategy, size=None, initial=True, frozen=False
     return net
 
 
-def fold_callbacks(s, fold, state, first, deadline):
+def first_guess(s, frames, deadline):
+    """The epochs planned before any is timed, from the steps the budget timed (PlanEpochs plans
+    again from the second epoch on)."""
+    plan = s.plan or {}
+    if not deadline or "step_seconds" not in plan:
+        return 2
+    steps = dataset.steps_per_epoch(frames, s.batch_size, s.augment)
+    return budget.affordable(plan["step_seconds"], steps, deadline - time.time(),
+                             plan["fixed_seconds"])
+
+
+def fold_callbacks(s, fold, state, first, deadline, frames):
     model_dir = s.workdir / "model"
     history = model_dir / f"history_fold{fold}.csv"
     if first:
         callbacks.truncate_history(history, first)
     planned = state.state["logs"].get("planned_epochs") if first else None
-    planner = callbacks.PlanEpochs(s.epochs, deadline, planned)
+    planner = callbacks.PlanEpochs(s.epochs, deadline, planned, first_guess(s, frames, deadline))
     stop = callbacks.StopOnDeadlineOrSignal(deadline)
     chain = [
         callbacks.MaskMetricNames(),  # first: the callbacks after it read val_dice
@@ -163,7 +175,7 @@ def fold_callbacks(s, fold, state, first, deadline):
         chain.append(callbacks.tensorboard(model_dir / "tensorboard" / f"fold{fold}"))
     if s.ema:  # validation sees the averaged weights; the state kept for --resume, the raw ones
         chain.append(keras.callbacks.SwapEMAWeights())
-    return chain, stop
+    return chain, stop, planner
 
 
 def restored(s, fold, net, state, strategy):
@@ -184,7 +196,7 @@ def fit(s, fold, net, data, chain, first, last):
         return
     (x, y, sizes), (val_x, val_y, val_sizes) = data
     train_ds, val_ds, steps = dataset.fold_datasets(s, fold, x, y, val_x, val_y, (sizes, val_sizes),
-                                                    first)
+                                                    range(first, last))
     for callback in chain:  # a fit after the warm-up goes on with the same log
         if isinstance(callback, keras.callbacks.CSVLogger):
             callback.append = first > 0
@@ -202,23 +214,35 @@ def starts_frozen(s, state):
     return 0 < s.freeze_encoder_epochs and done <= s.freeze_encoder_epochs
 
 
-def fit_fold(s, fold, net, data, chain, first, state, strategy):
+def fit_planned(s, fold, net, data, chain, first, planner):
+    """The epochs from `first` to --epochs, or without it to the end of the plan: a plan that
+    grows past the epochs a fit was given goes on in another fit."""
+    while True:
+        last = s.epochs or planner.planned_epochs
+        fit(s, fold, net, data, chain, first, last)
+        if s.epochs or net.stop_training or first >= last:
+            return
+        first = last
+
+
+def fit_fold(s, fold, net, data, chain, first, state, strategy, planner):
     """The epochs from `first` on; with --freeze-encoder-epochs N, those before N train the
     decoder alone, the rest the whole network with a fresh optimizer (Keras fixes the trainable
     variables when it compiles)."""
-    warm = min(s.freeze_encoder_epochs, s.epochs)
+    most = s.epochs or math.inf
+    warm = min(s.freeze_encoder_epochs, most)
     if first < warm:
         fit(s, fold, net, data, chain, first, warm)
         if net.stop_training:  # time limit, signal, patience or the planned epochs reached
             return
-    if 0 < warm < s.epochs and first <= warm:
+    if 0 < warm < most and first <= warm:
         # The last epoch's own weights: fit ends by putting the --ema average in their place.
         state.load_weights(net, state.state["weights"])
         encoders.freeze(net, False)
         with strategy.scope():
             compile_model(s, net)
         log.info(f"fold {fold}: encoder unfrozen after epoch {warm}, with a fresh optimizer")
-    fit(s, fold, net, data, chain, max(first, warm), s.epochs)
+    fit_planned(s, fold, net, data, chain, max(first, warm), planner)
 
 
 def train_fold(s, fold, train, val, mean, std, deadline, strategy):
@@ -241,9 +265,9 @@ def train_fold(s, fold, train, val, mean, std, deadline, strategy):
     if state.state["done"] and final.exists():
         log.info(f"fold {fold}: trained by the interrupted run, {final}")
         return
-    chain, stop = fold_callbacks(s, fold, state, first, deadline)
-    if first < s.epochs and not state.state["stopped"] and not state.state["done"]:
-        fit_fold(s, fold, net, (train, val), chain, first, state, strategy)
+    chain, stop, planner = fold_callbacks(s, fold, state, first, deadline, len(train[0]))
+    if first < (s.epochs or math.inf) and not state.state["stopped"] and not state.state["done"]:
+        fit_fold(s, fold, net, (train, val), chain, first, state, strategy, planner)
     gc.freeze()  # fit's leftovers: see train.py's train_folds
     if stop.signalled:
         log.warning(f"{stop.signalled}: fold {fold} stopped; its {state.state['epoch']} complete "

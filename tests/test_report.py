@@ -312,3 +312,40 @@ def test_the_epoch_plan_follows_the_pace_of_every_epoch_and_ends_at_the_deadline
         now[0] += 1.0
         planner.on_epoch_end(epoch, logs)
     assert now[0] <= 1100.0 and epoch + 1 >= 60  # ends by the deadline, having used most of it
+
+
+def test_without_epochs_a_time_limit_plans_as_many_epochs_as_fit_uncapped(monkeypatch):
+    from kit import callbacks
+
+    now = [1000.0]
+    monkeypatch.setattr(callbacks.time, "time", lambda: now[0])
+    planner = callbacks.PlanEpochs(None, deadline=4600.0, guess=40)
+    planner.set_model(types.SimpleNamespace(stop_training=False))
+    assert planner.planned_epochs == 40  # the budget's guess until epochs are timed
+    for epoch in range(3):
+        planner.on_epoch_begin(epoch)
+        now[0] += 1.0
+        planner.on_epoch_end(epoch)
+    assert planner.planned_epochs == 3 + 3597  # an hour of 1-s epochs: no cap of 1000
+    assert not planner.model.stop_training
+
+
+def test_a_plan_that_grows_past_the_epochs_of_its_fit_goes_on_in_another_fit(monkeypatch):
+    from kit import training
+
+    planner = types.SimpleNamespace(planned_epochs=5)
+    net = types.SimpleNamespace(stop_training=False)
+    fits = []
+
+    def fit(s, fold, net, data, chain, first, last):
+        fits.append((first, last))
+        planner.planned_epochs = 12  # the pace, once timed, buys more than the budget's guess
+        net.stop_training = last >= 12  # PlanEpochs stops the fit that reaches its plan
+
+    monkeypatch.setattr(training, "fit", fit)
+    training.fit_planned(types.SimpleNamespace(epochs=None), 0, net, None, [], 0, planner)
+    assert fits == [(0, 5), (5, 12)]
+    fits.clear()
+    planner.planned_epochs, net.stop_training = 5, False
+    training.fit_planned(types.SimpleNamespace(epochs=5), 0, net, None, [], 0, planner)
+    assert fits == [(0, 5)]  # --epochs caps: one fit, never more
