@@ -226,6 +226,17 @@ def area_candidates(area):
     return np.unique(np.concatenate([[0], np.quantile(area[area > 0], np.linspace(0, 0.6, 31))]))
 
 
+def outranks(row, best):
+    """Whether a (threshold, minimum area, presence threshold, score) tried after `best` takes its
+    place: a higher score, or the same score at the same threshold and gate with a larger minimum
+    area (tried in rising order). Among areas the validation frames cannot tell apart, the
+    largest: a blob on an unseen empty frame costs that frame's whole Dice, while emptying a
+    small true mask costs little of it."""
+    if row[-1] > best[-1] + 1e-9:
+        return True
+    return abs(row[-1] - best[-1]) <= 1e-9 and row[0] == best[0] and row[2] == best[2]
+
+
 def tune_postprocessing(probs, truth, pixel_area, grid=None, presence=None):
     """The threshold, minimum area (in original pixels) and, where the models give presence (see
     forward), the presence threshold that maximise the mean Dice: a dict of final_masks' names.
@@ -234,7 +245,8 @@ def tune_postprocessing(probs, truth, pixel_area, grid=None, presence=None):
     ever empty whole masks, so every candidate is scored from per-image counts. A frame is
     predicted empty when its mask is smaller than the minimum area or its presence is below the
     presence threshold; a presence threshold of 0 never gates, and is kept unless a gate scores
-    better than every candidate without one: the gate must earn its place. Every (threshold,
+    better than every candidate without one: the gate must earn its place; ties go to the lowest
+    threshold and gate, and at them to the largest minimum area (outranks). Every (threshold,
     minimum area, presence threshold, score) tried is appended to the list `grid` if given."""
     truth = truth.reshape(len(truth), -1).astype(bool)
     truth_area = truth.sum(1)
@@ -252,7 +264,7 @@ def tune_postprocessing(probs, truth, pixel_area, grid=None, presence=None):
                 row = (float(t), int(round(min_area * pixel_area)), float(gate), score)
                 if grid is not None:
                     grid.append(row)
-                if score > best[gate > 0][-1] + 1e-9:  # the first best: the lowest values
+                if outranks(row, best[gate > 0]):
                     best[gate > 0] = row
     ungated, gated = best[False], best[True]
     threshold, min_area, gate, score = gated if gated[-1] > ungated[-1] + 1e-9 else ungated

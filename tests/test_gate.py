@@ -146,6 +146,24 @@ def test_tuning_leaves_the_gate_off_where_presence_says_nothing():
     assert {p for *_, p, _ in alone} == {0.0} and len(alone) * 10 == len(grid)
 
 
+def test_among_minimum_areas_the_validation_cannot_tell_apart_tuning_takes_the_largest():
+    # A stray blob of 4 pixels on the empty frame; true nerves of 64 pixels on the others,
+    # predicted exactly. Every minimum area above 4 and up to 64 empties the blob alone.
+    probs, truth = stray_blobs(1, 4)
+    probs[0] = 0.02
+    probs[0, 1:3, 1:3] = 0.9
+    grid = []
+    post = inference.tune_postprocessing(probs, truth, 1.0, grid)
+    best = max(d for *_, d in grid)
+    tied = [a for t, a, _, d in grid if d == pytest.approx(best) and t == post["threshold"]]
+    assert min(tied) <= 9 < 64 == max(tied)  # the tie spans the gap between the two sizes
+    assert post["min_area"] == 64
+    # On an unseen frame, a blob larger than the stray one but smaller than a nerve is emptied.
+    unseen = np.full((1, 24, 24), 0.02, np.float32)
+    unseen[0, 2:8, 2:8] = 0.9  # 36 pixels
+    assert not inference.final_masks(unseen, (24, 24), **post).any()
+
+
 def test_final_masks_empty_the_frames_under_the_presence_threshold():
     probs, _ = stray_blobs(0, 4)
     presence = np.array([0.1, 0.6, 0.4, 0.5], np.float32)
