@@ -3,6 +3,7 @@ or overlapping tiles, and the post-processing that makes final masks (threshold,
 area, back to each image's size), with the tuning of that threshold and area."""
 
 import logging
+import math
 import os
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -226,15 +227,14 @@ def area_candidates(area):
     return np.unique(np.concatenate([[0], np.quantile(area[area > 0], np.linspace(0, 0.6, 31))]))
 
 
-def outranks(row, best):
-    """Whether a (threshold, minimum area, presence threshold, score) tried after `best` takes its
-    place: a higher score, or the same score at the same threshold and gate with a larger minimum
-    area (tried in rising order). Among areas the validation frames cannot tell apart, the
-    largest: a blob on an unseen empty frame costs that frame's whole Dice, while emptying a
-    small true mask costs little of it."""
-    if row[-1] > best[-1] + 1e-9:
-        return True
-    return abs(row[-1] - best[-1]) <= 1e-9 and row[0] == best[0] and row[2] == best[2]
+def centred(area, min_area):
+    """Of the minimum areas that empty the same validation masks as `min_area`, the geometric
+    middle of the gap between the largest mask it empties and the smallest it keeps: tuning
+    finds the gap's lower end, which sits right above a stray blob; 0 where it empties none."""
+    emptied, kept = area[(area > 0) & (area < min_area)], area[area >= min_area]
+    if not len(emptied):
+        return 0.0
+    return math.sqrt(emptied.max() * kept.min()) if len(kept) else float(min_area)
 
 
 def tune_postprocessing(probs, truth, pixel_area, grid=None, presence=None):
@@ -246,7 +246,7 @@ def tune_postprocessing(probs, truth, pixel_area, grid=None, presence=None):
     predicted empty when its mask is smaller than the minimum area or its presence is below the
     presence threshold; a presence threshold of 0 never gates, and is kept unless a gate scores
     better than every candidate without one: the gate must earn its place; ties go to the lowest
-    threshold and gate, and at them to the largest minimum area (outranks). Every (threshold,
+    values, and the minimum area to the middle of its gap (centred). Every (threshold,
     minimum area, presence threshold, score) tried is appended to the list `grid` if given."""
     truth = truth.reshape(len(truth), -1).astype(bool)
     truth_area = truth.sum(1)
@@ -264,10 +264,11 @@ def tune_postprocessing(probs, truth, pixel_area, grid=None, presence=None):
                 row = (float(t), int(round(min_area * pixel_area)), float(gate), score)
                 if grid is not None:
                     grid.append(row)
-                if outranks(row, best[gate > 0]):
-                    best[gate > 0] = row
+                if score > best[gate > 0][-1] + 1e-9:  # the first best: the lowest values
+                    best[gate > 0] = (float(t), centred(area, min_area) * pixel_area, *row[2:])
     ungated, gated = best[False], best[True]
     threshold, min_area, gate, score = gated if gated[-1] > ungated[-1] + 1e-9 else ungated
+    min_area = int(round(min_area))
     gain = (f", presence threshold {gate:.1f} (without the presence gate: {ungated[-1]:.4f})"
             if presence is not None else "")
     log.info(f"tuned on {len(probs)} validation images: Dice at working size {score:.4f} with "

@@ -146,9 +146,9 @@ def test_tuning_leaves_the_gate_off_where_presence_says_nothing():
     assert {p for *_, p, _ in alone} == {0.0} and len(alone) * 10 == len(grid)
 
 
-def test_among_minimum_areas_the_validation_cannot_tell_apart_tuning_takes_the_largest():
+def test_the_minimum_area_lies_midway_between_the_blobs_it_empties_and_the_masks_it_keeps():
     # A stray blob of 4 pixels on the empty frame; true nerves of 64 pixels on the others,
-    # predicted exactly. Every minimum area above 4 and up to 64 empties the blob alone.
+    # predicted exactly. Every minimum area above 4 and up to 64 scores the same.
     probs, truth = stray_blobs(1, 4)
     probs[0] = 0.02
     probs[0, 1:3, 1:3] = 0.9
@@ -156,12 +156,17 @@ def test_among_minimum_areas_the_validation_cannot_tell_apart_tuning_takes_the_l
     post = inference.tune_postprocessing(probs, truth, 1.0, grid)
     best = max(d for *_, d in grid)
     tied = [a for t, a, _, d in grid if d == pytest.approx(best) and t == post["threshold"]]
-    assert min(tied) <= 9 < 64 == max(tied)  # the tie spans the gap between the two sizes
-    assert post["min_area"] == 64
-    # On an unseen frame, a blob larger than the stray one but smaller than a nerve is emptied.
-    unseen = np.full((1, 24, 24), 0.02, np.float32)
-    unseen[0, 2:8, 2:8] = 0.9  # 36 pixels
-    assert not inference.final_masks(unseen, (24, 24), **post).any()
+    assert min(tied) <= 9 and max(tied) == 64  # the lowest, right above the blob, is one of them
+    assert post["min_area"] == 16  # the geometric middle of 4 and 64
+    pred = inference.final_masks(probs, truth.shape[1:], **post)
+    assert metrics.mean_dice(pred, truth) == 1.0
+    unseen = np.full((2, 24, 24), 0.02, np.float32)
+    unseen[0, 2:5, 2:5] = 0.9  # 9 pixels: emptied
+    unseen[1, 2:7, 2:7] = 0.9  # 25: kept
+    assert inference.final_masks(unseen, (24, 24), **post).reshape(2, -1).sum(1).tolist() == [0, 25]
+    # Nothing to empty on the validation frames: no minimum area, however large the masks.
+    post = inference.tune_postprocessing(probs[1:], truth[1:], 1.0)
+    assert post["min_area"] == 0
 
 
 def test_final_masks_empty_the_frames_under_the_presence_threshold():
