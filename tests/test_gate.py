@@ -227,9 +227,10 @@ def test_train_and_predict_with_the_gate(demo, tmp_path):
     assert {"dice", "val_dice", "presence_loss", "val_presence_loss"} <= set(history)
     tuning = pd.read_csv(work / "model/tuning.csv")
     chosen = tuning[np.isclose(tuning["threshold"], config["threshold"])
-                    & (tuning["min_area"] == config["min_area"])
                     & np.isclose(tuning["presence_threshold"], config["presence_threshold"])]
     assert chosen["dice"].max() == pytest.approx(tuning["dice"].max())
+    first = chosen.iloc[int(chosen["dice"].to_numpy().argmax())]  # its area, centred in its gap
+    assert (config["min_area"] == 0) == (first["min_area"] == 0)
     ungated = tuning[tuning["presence_threshold"] == 0]["dice"].max()
     assert (config["presence_threshold"] > 0) == (tuning["dice"].max() > ungated + 1e-9)
     assert len(np.load(work / "model/oof.npz")["presence"]) == len(
