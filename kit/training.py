@@ -214,6 +214,11 @@ def starts_frozen(s, state):
     return 0 < s.freeze_encoder_epochs and done <= s.freeze_encoder_epochs
 
 
+def epoch_cap(s):
+    """The most epochs a fold trains: --epochs, else none (under a time limit the plan decides)."""
+    return s.epochs or math.inf
+
+
 def fit_planned(s, fold, net, data, chain, first, planner):
     """The epochs from `first` to --epochs, or without it to the end of the plan: a plan that
     grows past the epochs a fit was given goes on in another fit."""
@@ -229,7 +234,7 @@ def fit_fold(s, fold, net, data, chain, first, state, strategy, planner):
     """The epochs from `first` on; with --freeze-encoder-epochs N, those before N train the
     decoder alone, the rest the whole network with a fresh optimizer (Keras fixes the trainable
     variables when it compiles)."""
-    most = s.epochs or math.inf
+    most = epoch_cap(s)
     warm = min(s.freeze_encoder_epochs, most)
     if first < warm:
         fit(s, fold, net, data, chain, first, warm)
@@ -266,7 +271,7 @@ def train_fold(s, fold, train, val, mean, std, deadline, strategy):
         log.info(f"fold {fold}: trained by the interrupted run, {final}")
         return
     chain, stop, planner = fold_callbacks(s, fold, state, first, deadline, len(train[0]))
-    if first < (s.epochs or math.inf) and not state.state["stopped"] and not state.state["done"]:
+    if first < epoch_cap(s) and not state.state["stopped"] and not state.state["done"]:
         fit_fold(s, fold, net, (train, val), chain, first, state, strategy, planner)
     gc.freeze()  # fit's leftovers: see train.py's train_folds
     if stop.signalled:
