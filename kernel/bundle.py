@@ -27,7 +27,8 @@ STEPS = ("data.py", "train.py", "predict.py", "submission.py")  # what the noteb
 
 def kit_base64():
     """The four steps and their library as a zip in base64, byte-identical from one build to
-    the next."""
+    the next. Nothing from kernel/ goes in: run.py and kernels_api.py (push, follow, fetch)
+    run on the user's machine, never in the notebook."""
     buf = io.BytesIO()
     files = [ROOT / step for step in STEPS] + sorted((ROOT / "kit").glob("*.py"))
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:

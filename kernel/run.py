@@ -5,8 +5,9 @@
     python kernel/run.py --accelerator cpu --slug unet-cpu-test --poll-every 60
 
 Bundles the kit (kernel/bundle.py), pushes it as a new version of the notebook, polls its
-status, downloads its outputs (submission.csv, report.html, model/...) and prints the
-validation Dice from its model/config.json; with --submit, submits that submission.csv and
+status, downloads its outputs (submission.csv, report.html, model/...) through Kaggle's
+Kernels API (kernel/kernels_api.py) and prints the validation Dice from its
+model/config.json; with --submit, submits that submission.csv (kit/kaggle_api.py) and
 prints the public score. Run again while a version is queued or running: it follows that
 version instead of pushing another. Ctrl-C stops the following, not the notebook.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import bundle  # noqa: E402  (beside this file)
+import kernels_api  # noqa: E402  (beside this file)
 from kit import cli, kaggle_api  # noqa: E402
 from kit.files import COMPETITION, UserError, atomic_path  # noqa: E402
 
@@ -43,7 +45,7 @@ def get_args(argv):
                    help="Kaggle username that owns the notebook (None: the credentials' user)")
     p.add_argument("--slug", default=DEFAULT_SLUG, help="the notebook's slug, the end of its URL")
     p.add_argument("--accelerator", default="t4x2",
-                   help=f"one of {', '.join(kaggle_api.MACHINE_SHAPES)}")
+                   help=f"one of {', '.join(kernels_api.MACHINE_SHAPES)}")
     p.add_argument("--build", type=Path, default=Path("build/kernel"),
                    help="folder the bundled notebook is written to before the push")
     p.add_argument("--out", type=Path, default=Path("work/kaggle-run"),
@@ -65,23 +67,23 @@ def get_args(argv):
 def main(argv=None):
     args = get_args(argv)
     cli.setup_logging(args)
-    settings = kaggle_api.accelerator_settings(args.accelerator)  # before any request
+    settings = kernels_api.accelerator_settings(args.accelerator)  # before any request
     if not (5 <= len(args.slug) <= 50 and SLUG.fullmatch(args.slug)):
         raise UserError(f"--slug {args.slug!r}: use 5 to 50 lower-case letters and digits, "
                         "words joined by single dashes")
     user = args.user or bundle.kaggle_username()
     kernel = f"{user}/{args.slug}"
 
-    status, _ = kaggle_api.kernel_status(kernel, missing_ok=True)
+    status, _ = kernels_api.kernel_status(kernel, missing_ok=True)
     pushed = status not in FOLLOW
     if not pushed:
         log.info(f"{kernel}: a version is already {status}: following it rather than pushing "
                  "another (it keeps the accelerator it was pushed with)")
     else:
         bundle.build(args.build, user, args.slug, settings)
-        version = kaggle_api.push_kernel(args.build, settings["machine_shape"])
+        version = kernels_api.push_kernel(args.build, settings["machine_shape"])
         log.info(f"pushed {kernel} version {version or '?'} ({args.accelerator}): "
-                 f"{kaggle_api.NOTEBOOK_URL.format(kernel)}")
+                 f"{kernels_api.NOTEBOOK_URL.format(kernel)}")
 
     status, reason = follow(kernel, args.poll_every, args.timeout, args.quiet, pushed)
     if status != "complete":
@@ -106,7 +108,7 @@ def follow(kernel, poll_every, timeout, quiet, pushed):
     seen_pending = not pushed
     try:
         while True:
-            status, reason = kaggle_api.kernel_status(kernel)
+            status, reason = kernels_api.kernel_status(kernel)
             elapsed = time.monotonic() - started
             seen_pending = seen_pending or status in PENDING
             settled = seen_pending or elapsed >= SETTLE
@@ -161,11 +163,11 @@ def clock(seconds):
 def report_failure(kernel, status, reason, out):
     """A version that ended without completing: the tail of its log, then one line."""
     try:
-        log_text = kaggle_api.kernel_log(kernel)
+        log_text = kernels_api.kernel_log(kernel)
     except UserError as e:
         log_text = ""
         log.warning(f"warning: could not fetch the notebook's log: {e}")
-    lines = kaggle_api.log_lines(log_text)
+    lines = kernels_api.log_lines(log_text)
     where = ""
     if lines:
         print(f"last lines of the log of {kernel}:", file=sys.stderr)
@@ -183,12 +185,12 @@ def report_failure(kernel, status, reason, out):
     else:
         what = f"ended with status {status}"
     raise UserError(f"notebook {kernel} {what} on Kaggle: {where}"
-                    f"see {kaggle_api.NOTEBOOK_URL.format(kernel)}, then run this again")
+                    f"see {kernels_api.NOTEBOOK_URL.format(kernel)}, then run this again")
 
 
 def fetch_outputs(kernel, out):
     """Download the outputs into `out`; return the validation Dice from its model/config.json."""
-    names, _ = kaggle_api.kernel_output(kernel, out)
+    names, _ = kernels_api.kernel_output(kernel, out)
     log.info(f"{len(names)} output files of {kernel} downloaded into {out}")
     for name in ("submission.csv", "report.html"):
         if name not in names:

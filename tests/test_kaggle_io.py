@@ -1,4 +1,6 @@
-"""kaggle_io against a stand-in Kaggle server (tests/kaggle_stub.py): offline, a few seconds.
+"""kaggle_io (kit/kaggle_api.py, the competition half: download, submit, submissions) against a
+stand-in Kaggle server (tests/kaggle_stub.py): offline, a few seconds. The notebook half,
+kernel/kernels_api.py, is tested through kernel/run.py in test_kaggle_run.py.
 
 Each call to kaggle_io runs in a fresh Python process. The kaggle client reads its settings
 when first imported (KaggleApi.config_dir and its --local switch are class attributes, and

@@ -4,8 +4,11 @@ working folder and never touch the network; the bundled kernel runs the four ste
 `make kaggle-push` pushes it. Every http request would reach the stand-in server, which must see
 none from a notebook."""
 
+import ast
+import base64
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -137,6 +140,45 @@ def test_bundled_kernel_runs_the_four_steps(notebook, stub, tmp_path):
     assert not list(working.glob("imgs_*.npy"))  # the big arrays are not left in the output
     assert snapshot(input_dir) == before and stub.requests == []
     assert list((tmp_path / "tmp").iterdir()) == []  # its unpacked kit is gone
+
+
+def test_bundle_leaves_the_notebook_half_behind(tmp_path):
+    """The bundle carries the four steps and kit/*.py, nothing from kernel/: pushing, following
+    and fetching (kernel/kernels_api.py) run on the user's machine, and no kit module defines
+    them any more."""
+    build = tmp_path / "build"
+    subprocess.run([sys.executable, ROOT / "kernel" / "bundle.py", build, "--user", USER],
+                   check=True, capture_output=True)
+    (kit, ) = re.findall(r'\nKIT = "([^"]+)"', (build / "kernel.py").read_text())
+    files = read_zip(base64.b64decode(kit))
+    steps = ["data.py", "train.py", "predict.py", "submission.py"]
+    assert sorted(files) == sorted(steps + [f"kit/{p.name}" for p in (ROOT / "kit").glob("*.py")])
+    notebook_half = {
+        name for node in ast.parse((ROOT / "kernel" / "kernels_api.py").read_text()).body
+        for name in defined(node)}
+    assert {"push_kernel", "kernel_status", "kernel_output", "MACHINE_SHAPES"} <= notebook_half
+    for name, source in files.items():
+        tree = ast.parse(source)
+        assert not notebook_half & {n for node in tree.body for n in defined(node)}, name
+        assert not any("kernel" in module for module in imported(tree)), name
+
+
+def defined(node):
+    """The names a module-level statement defines."""
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, ast.Assign):
+        return [t.id for t in node.targets if isinstance(t, ast.Name)]
+    return []
+
+
+def imported(tree):
+    """The modules a module imports, lazily or not."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield node.module or ""
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
