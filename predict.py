@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kit import arrays, cli, figures, images, inference, report
+from kit import arrays, cli, figures, images
 from kit.files import UserError, atomic_path
-from kit.model import classes_of
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,9 @@ def check_fit(work, test, models, config, tile, sizes):
 def main(argv=None):
     args = get_args(argv)
     cli.setup_logging(args)
+    from kit import inference, report  # TensorFlow, once -v is known
+    from kit.model import classes_of
+
     work = args.workdir
     test, ids = arrays.load_test_set(work)
     models, config = inference.load_models(work / "model")

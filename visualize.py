@@ -16,9 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from kit import cases, cli, figures
+from kit import cli, figures
 from kit.files import UserError
-from kit.inference import load_models
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +48,8 @@ def has_display():
 
 def chosen_cases(args, models, config):
     """The frames the flags name, and a file name for each."""
+    from kit import cases  # TensorFlow, once -v is known
+
     work = args.workdir
     if args.image:
         return cases.file_cases(args.image, models, config), [p.stem for p in args.image]
@@ -71,6 +72,8 @@ def main(argv=None):
     work = args.workdir
     show = args.show and has_display()
     output = args.output or work / "visualize"
+    from kit.inference import load_models  # TensorFlow, once -v is known
+
     models, config = load_models(work / "model")
     if args.worst is not None and args.set != "val":
         raise UserError("--worst picks validation frames: leave out --set, or use --set val")

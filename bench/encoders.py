@@ -1,6 +1,6 @@
 """Seconds per training step of the encoder U-Nets, and of the kit's plain U-Net for comparison.
 
-    .venv/bin/python bench/encoders.py [--size 128 128] [--batch 8] [--encoders mobilenetv2 ...]
+    python bench/encoders.py [--size 128 128] [--batch 8] [--encoders mobilenetv2 ...]
 
 Random weights and random data: the speed of a step does not depend on them. A frozen encoder
 (the decoder warm-up of --freeze-encoder-epochs) is timed too.
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kit import encoders  # noqa: E402
+from kit import encoders, model  # noqa: E402
 
 
 def seconds_per_step(model, size, batch, steps):
@@ -40,15 +40,8 @@ def seconds_per_step(model, size, batch, steps):
 
 
 def plain_unet(size):
-    """The kit's own U-Net (width 16, depth 4), wherever the restructuring has put it."""
-    try:
-        from kit import model as plain
-    except ImportError:
-        try:
-            import model as plain
-        except ImportError:
-            return None
-    return plain.build_unet(size, 1, 1, width=16, depth=4, mean=100.0, std=50.0)
+    """The kit's own U-Net (width 16, depth 4)."""
+    return model.build_unet(size, 1, 1, width=16, depth=4, mean=100.0, std=50.0)
 
 
 def cpu_name():
@@ -71,16 +64,15 @@ def main():
     print(f"{cpu_name()}, {os.cpu_count()} cores; {size[0]}x{size[1]} grey, batch {args.batch}, "
           f"median of {args.steps} steps")
     for name in args.encoders:
-        model = encoders.build(name, size)
-        print(f"{name:>24}: {seconds_per_step(model, size, args.batch, args.steps):6.3f} s/step"
-              f"  ({model.count_params() / 1e6:.1f} M parameters)", flush=True)
-        encoders.freeze(model)
+        net = model.encoder_unet(name, size)
+        print(f"{name:>24}: {seconds_per_step(net, size, args.batch, args.steps):6.3f} s/step"
+              f"  ({net.count_params() / 1e6:.1f} M parameters)", flush=True)
+        encoders.freeze(net)
         print(f"{name + ' frozen':>24}: "
-              f"{seconds_per_step(model, size, args.batch, args.steps):6.3f} s/step", flush=True)
-    model = plain_unet(size)
-    if model is not None:
-        print(f"{'plain U-Net':>24}: {seconds_per_step(model, size, args.batch, args.steps):6.3f}"
-              f" s/step  ({model.count_params() / 1e6:.1f} M parameters)")
+              f"{seconds_per_step(net, size, args.batch, args.steps):6.3f} s/step", flush=True)
+    net = plain_unet(size)
+    print(f"{'plain U-Net':>24}: {seconds_per_step(net, size, args.batch, args.steps):6.3f}"
+          f" s/step  ({net.count_params() / 1e6:.1f} M parameters)")
 
 
 if __name__ == "__main__":

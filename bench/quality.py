@@ -142,7 +142,9 @@ def what_was_trained(work):
     """The working size, the epochs and the seconds spent training (every fold), and the
     out-of-fold Dice (tuned), from what train.py left."""
     config = json.loads((work / "model" / "config.json").read_text())
-    h, w = config["settings"]["input_size"]
+    # The plan's size; a kit from before the plan (a --baseline) kept it among its settings.
+    h, w = config["plan"]["size"] if "size" in config.get("plan", {}) else config["settings"][
+        "input_size"]
     history = [pd.read_csv(p) for p in (work / "model").glob("history_fold*.csv")]
     if config.get("seconds"):
         seconds = sum(config["seconds"]["training"])

@@ -4,8 +4,8 @@ the time budget, the learning-rate schedule fitted into it, and the curves drawn
 Interrupted training, and train.py --resume:
 
 While fold i trains, model/backup_fold<i>/ holds state.json (epochs done, the best score so far,
-the last epoch's logs, the random generators' states, the options that must not change) and the
-weights it names: the model's and optimizer's after the last epoch, and the best epoch's model.
+the last epoch's logs, the random generators' states, the run's recipe, plan and a fingerprint
+of its training data) and the weights it names: the model's and optimizer's after the last epoch, and the best epoch's model.
 Each file is renamed into place and state.json last, so a run killed at any moment leaves the
 last completed epoch intact. An epoch cut short (time limit, Ctrl-C) is never saved: resuming
 starts it again. The data order and augmentation depend only on (seed, epoch, step) (see
@@ -13,6 +13,7 @@ kit/dataset.py), so a resumed run ends as an uninterrupted one with the same see
 """
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -20,11 +21,15 @@ import signal
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from kit import figures
+from kit.cli import import_tensorflow
 from kit.files import UserError, atomic_path
+from kit.recipe import Recipe, flag
+
+import_tensorflow()  # before Keras: hides TensorFlow's start-up noise
+import keras  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +44,13 @@ def rng_variables(model):
 class TrainingState(keras.callbacks.Callback):
     """Saves the training state after every complete epoch, keeps the best epoch's weights, and
     stops when `monitor` has not risen for `patience` epochs: the jobs of BackupAndRestore,
-    ModelCheckpoint and EarlyStopping, done so that all of their state survives an interruption."""
+    ModelCheckpoint and EarlyStopping, done so that all of their state survives an interruption.
+    run: what a resumed run must share with this one, {"recipe": the Recipe as a dict, "data":
+    the training data's fingerprint, "plan": the Plan as a dict}."""
 
-    def __init__(self, folder, options, patience, monitor="val_dice", timed=False):
+    def __init__(self, folder, run, patience, monitor="val_dice", timed=False):
         super().__init__()
-        self.folder, self.options = Path(folder), json.loads(json.dumps(options, default=str))
+        self.folder, self.run = Path(folder), json.loads(json.dumps(run, default=str))
         self.patience, self.monitor, self.timed = patience, monitor, timed
         self.state = {
             "epoch": 0,
@@ -54,45 +61,23 @@ class TrainingState(keras.callbacks.Callback):
             "stopped": False,
             "done": False,
             "logs": {},
-            "options": self.options
+            **self.run
         }
 
     # ------------------------------------------------------------ on disk
 
     def saved(self):
         """The saved state, or None."""
-        path = self.folder / STATE
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except (ValueError, OSError) as e:
-            raise UserError(
-                f"{path} is unreadable ({e}): delete {self.folder} to start this fold afresh"
-            ) from None
+        return read_state(self.folder)
 
-    def describe(self, state):
-        return f"{self.folder} holds an interrupted run ({state['epoch']} epochs done)"
-
-    def check_options(self, state):
-        for key, value in self.options.items():
-            old = state["options"].get(key)
-            if old == value or (key not in state["options"] and not value):
-                continue  # (an option added since that run, left off, changes nothing)
-            if key.startswith("--"):
-                raise UserError(
-                    f"cannot resume: {key} was {old} in the interrupted run, now {value}: "
-                    f"use the interrupted run's options, or delete {self.folder} to start afresh")
-            raise UserError(
-                f"cannot resume: the training data changed since the interrupted run ({key} "
-                f"{old}, now {value}): run `python data.py` as before, or delete "
-                f"{self.folder} to start afresh")
+    def check_run(self, state):
+        check_same_run(state, self.run, self.folder)
 
     def restore(self, model):
         """Load the saved state into the compiled `model`; returns the number of completed
         epochs."""
         state = self.saved()
-        self.check_options(state)
+        self.check_run(state)
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         if state["weights"]:
@@ -156,6 +141,46 @@ class TrainingState(keras.callbacks.Callback):
         self.save(epoch=epoch + 1, best=best, best_epoch=best_epoch, best_weights=best_weights,
                   weights=weights, stopped=stopped, logs=logs,
                   rng=[np.asarray(v).tolist() for v in rng_variables(self.model)])
+
+
+def read_state(folder):
+    """The state saved in `folder` (a fold's backup), or None."""
+    path = Path(folder) / STATE
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict) or "recipe" not in state or "data" not in state:
+            raise ValueError("made by an older kit, or damaged")
+        return state
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path} is unreadable ({e}): delete {folder} to start this fold "
+                        f"afresh") from None
+
+
+def interrupted(model_dir):
+    """The backup folder of an interrupted run's first fold in model_dir, or None."""
+    return next((f for f in sorted(Path(model_dir).glob("backup_fold*")) if (f / STATE).exists()),
+                None)
+
+
+def check_same_run(state, run, folder):
+    """A resumed run must train the same recipe on the same data as the interrupted one: the
+    first difference, in the user's words."""
+    afresh = f"or delete {folder} to start afresh"
+    run = json.loads(json.dumps(run, default=str))  # as saved: tuples are lists
+    old, new = state["data"], run["data"]
+    if old != new:
+        what = (f"{new['frames']} frames, was {old['frames']}" if old["frames"] != new["frames"]
+                else f"{new['frames']} frames of other contents")
+        raise UserError(f"cannot resume: the training arrays changed since the interrupted run "
+                        f"({what}): run `python data.py` as before, {afresh}")
+    # A setting added to the kit since that run had its default there.
+    defaults = json.loads(json.dumps(dataclasses.asdict(Recipe())))
+    for key, value in run["recipe"].items():
+        if (was := state["recipe"].get(key, defaults.get(key))) != value:
+            raise UserError(f"cannot resume: {flag(key)} was {was} in the interrupted run, now "
+                            f"{value}: use the interrupted run's options, {afresh}")
 
 
 @contextlib.contextmanager

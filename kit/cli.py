@@ -11,7 +11,11 @@ from pathlib import Path
 
 from kit.files import UserError, default_raw, default_workdir
 
-VERBOSE = bool({"-v", "--verbose"} & set(sys.argv))
+VERBOSE = False  # -v: set by setup_logging, before TensorFlow is imported
+# Warnings from these packages are framework noise (deprecations, retracing notes) unless -v.
+# The decoders' (PIL, tifffile) too: the kit reports a damaged file itself, in one line.
+FRAMEWORKS = (r"(keras|tensorflow|tf_keras|absl|h5py|google|ml_dtypes|optree|PIL|tifffile|"
+              r"matplotlib)(\.|$)")
 OUT_OF_MEMORY = (
     "out of memory: lower --batch-size (train.py, predict.py), --image-size (train.py) "
     "or --chunk (predict.py), or close other programs")
@@ -60,6 +64,11 @@ def parser(doc):
 
 
 def setup_logging(args):
+    """Logs to stdout, short: warnings only with -q; the kit's debug lines, the frameworks'
+    start-up messages, warnings and tracebacks with -v. Call it before TensorFlow is imported
+    (import_tensorflow reads it)."""
+    global VERBOSE
+    VERBOSE = args.verbose
     level = logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout)
     if args.verbose:  # the kit's own details; the libraries' debug logs (fonts, files) stay out
@@ -68,7 +77,7 @@ def setup_logging(args):
     else:
         import warnings
 
-        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("ignore", module=FRAMEWORKS)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 

@@ -25,9 +25,12 @@ class Config:
     validation_dice_untuned: float = None  # out of fold, threshold 0.5 and no minimum area
     class_scores: dict = None  # {class: {"dice", "iou"}}, tuned
     precision: str = "float32"
-    plan: dict = None  # how the working size was chosen (kit/budget.py), when it was
     seconds: dict = None  # where the run's time went: "before training", "training" (per fold)
-    settings: dict = dataclasses.field(default_factory=dict)  # train.py's options
+    # What train.py was given and what it derived (kit/recipe.py), for the report and for
+    # whoever reads the run later: predict.py needs none of it.
+    recipe: dict = dataclasses.field(default_factory=dict)
+    options: dict = dataclasses.field(default_factory=dict)
+    plan: dict = dataclasses.field(default_factory=dict)
 
 
 def save(model_dir, config):

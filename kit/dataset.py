@@ -1,12 +1,15 @@
-"""Training data: subject-grouped folds, and the tf.data pipelines that feed model.fit (whole
-images at the working size, or random patches of large images)."""
+"""Training data: the frames data.py wrote, subject-grouped folds, and the tf.data pipelines
+that feed model.fit (whole images at the working size, or random patches of large images)."""
 
+import dataclasses
 import logging
 import math
 import os
+import zlib
 
 import numpy as np
 
+from kit import arrays
 from kit.augment import make_augmenter
 from kit.cli import import_tensorflow
 from kit.images import resize_stack
@@ -18,6 +21,69 @@ log = logging.getLogger(__name__)
 # of a finished fit's pipeline once held up the end of a fold for 15-45 s as it was freed.
 PARALLEL_BATCHES = min(4, os.cpu_count() or 1)
 READY_BATCHES = 2
+
+
+@dataclasses.dataclass
+class Frames:
+    """The training set as data.py wrote it: images, masks, subjects, each image's own (H, W)
+    (mixed: the images were of several sizes, padded onto one canvas), and the masks' classes."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    subjects: np.ndarray
+    sizes: np.ndarray
+    mixed: bool
+    classes: int
+
+    @property
+    def channels(self):
+        return self.images.shape[3] if self.images.ndim == 4 else 1
+
+    def median_size(self):
+        return tuple(int(n) for n in np.median(self.sizes, axis=0))
+
+    def fingerprint(self, samples=64):
+        """What identifies these arrays for --resume: their shape, classes and a checksum of
+        up to `samples` frames spread over the set (cheap on memory-mapped arrays)."""
+        picked = range(0, len(self.images), max(1, len(self.images) // samples))
+        crc = 0
+        for i in picked:
+            crc = zlib.crc32(np.ascontiguousarray(self.masks[i]), zlib.crc32(
+                np.ascontiguousarray(self.images[i]), crc))
+        return {"frames": len(self.images), "shape": list(self.images.shape[1:]),
+                "classes": self.classes, "checksum": crc}
+
+
+def load_frames(work):
+    images, masks, subjects = arrays.load_training_set(work)
+    sizes = arrays.load_sizes(work, "train", len(images))  # None: one size
+    own = sizes if sizes is not None else np.tile(images.shape[1:3], (len(images), 1))
+    return Frames(images, masks, subjects, own, sizes is not None, arrays.load_classes(work))
+
+
+@dataclasses.dataclass
+class Working:
+    """The frames as the network sees them: x, y at the working size (for --patch, as they
+    are), their pixel statistics, and the scale from the original size to the working one."""
+
+    x: np.ndarray
+    y: np.ndarray
+    mean: float
+    std: float
+    scale: list
+
+
+def to_working_size(frames, size, patch):
+    """Images and masks at the working `size`; with `patch`, as they are (the patches are cut
+    while training)."""
+    if patch:
+        return Working(frames.images, frames.masks, *pixel_statistics(frames.images,
+                                                                      frames.sizes), [1.0, 1.0])
+    crop = frames.sizes if frames.mixed else None
+    x = resize_stack(frames.images, size, "area", crop=crop)
+    y = resize_masks(frames.masks, size, frames.classes, crop)
+    scale = (np.array(size) / np.median(frames.sizes, axis=0)).round(6).tolist()
+    return Working(x, y, float(x.mean()), float(x.std()) or 1.0, scale)
 
 
 def fixed_pipeline(ds):
@@ -97,13 +163,14 @@ def with_presence(masks):
     return {MASK: masks, PRESENCE: present}
 
 
-def batches(ds, batch_size, drop_remainder, augment, seed, classes):
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+def batches(ds, batch_size, seed, classes):
+    """Augmented batches of an endless stream of patches: each batch's augmentation is drawn
+    from its own step number, so that no two batches of the run share flips or elastic
+    fields."""
+    ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), targets(y, classes)))
-    if augment:
-        augmenter = make_augmenter(seed)
-        ds = ds.enumerate().map(lambda i, xy: augmenter(i, *xy),
-                                num_parallel_calls=PARALLEL_BATCHES)
+    augmenter = make_augmenter(seed)
+    ds = ds.enumerate().map(lambda i, xy: augmenter(i, *xy), num_parallel_calls=PARALLEL_BATCHES)
     return fixed_pipeline(ds)
 
 
@@ -146,15 +213,20 @@ def crop_patch(image, mask, size, patch, y, x):
     return image, mask
 
 
+def patches_per_epoch(sizes, patch, batch_size):
+    """Patches of an epoch: as many as the images hold pixels, in whole batches."""
+    return max(batch_size, int(sizes.prod(1).sum() // patch**2) // batch_size * batch_size)
+
+
 def random_patches(images, masks, sizes, patch, batch_size, seed, classes):
-    """An epoch of random patches, as many as the images hold pixels (patches of large images
-    are drawn more often), each epoch new ones."""
+    """Endless random patches, an epoch's worth as many as the images hold pixels (patches of
+    large images are drawn more often), each epoch new ones."""
     areas = sizes.prod(1).astype(float)
-    count = max(batch_size, int(areas.sum() // patch**2) // batch_size * batch_size)
     rng = np.random.default_rng(seed)
 
     def generate():
-        for i in rng.choice(len(images), count, p=areas / areas.sum()):
+        while True:
+            i = rng.choice(len(images), p=areas / areas.sum())
             h, w = sizes[i]
             y, x = rng.integers(0, max(1, h - patch + 1)), rng.integers(0, max(1, w - patch + 1))
             image, mask = crop_patch(images[i], masks[i], sizes[i], patch, y, x)
@@ -164,8 +236,7 @@ def random_patches(images, masks, sizes, patch, batch_size, seed, classes):
     ds = tf.data.Dataset.from_generator(
         generate, output_signature=(tf.TensorSpec(
             (patch, patch, channels), tf.uint8), tf.TensorSpec((patch, patch, 1), tf.uint8)))
-    ds = ds.apply(tf.data.experimental.assert_cardinality(count))
-    return batches(ds, batch_size, True, True, seed, classes)
+    return batches(ds, batch_size, seed, classes)
 
 
 def grid_patches(images, masks, sizes, patch):
@@ -190,19 +261,19 @@ def pixel_statistics(images, sizes, most=200):
     return float(pixels.mean()), float(pixels.std()) or 1.0
 
 
-def fold_datasets(s, fold, x_train, y_train, x_val, y_val, sizes, epochs):
-    """Training batches of the `epochs` (a range), validation batches, steps per epoch;
-    s: train.py's settings."""
-    if not s.patch:
-        steps = steps_per_epoch(len(x_train), s.batch_size, s.augment)
-        train = dataset(x_train, y_train, s.batch_size, s.seed + fold, epochs,
-                        s.classes, shuffle=True, augment=s.augment, presence=s.gate)
-        val = dataset(x_val, y_val, s.batch_size * 2, classes=s.classes, presence=s.gate)
+def fold_datasets(recipe, plan, fold, train, val, epochs):
+    """Training batches of the `epochs` (a range), validation batches, steps per epoch.
+    train, val: (images, masks, own sizes) at the working size (for --patch, as they are)."""
+    (x, y, sizes), (val_x, val_y, val_sizes) = train, val
+    seed, batch, gate = recipe.seed + fold, recipe.batch_size, recipe.gate
+    if not recipe.patch:
+        steps = steps_per_epoch(len(x), batch, recipe.augment)
+        train = dataset(x, y, batch, seed, epochs, plan.classes, shuffle=True,
+                        augment=recipe.augment, presence=gate)
+        val = dataset(val_x, val_y, batch * 2, classes=plan.classes, presence=gate)
         return train, val, steps
     # Random patches come from a generator: resumption continues with fresh draws, not the same.
-    train = random_patches(x_train, y_train, sizes[0], s.patch, s.batch_size, s.seed + fold,
-                           s.classes)
-    steps = int(train.cardinality())
-    val = dataset(*grid_patches(x_val, y_val, sizes[1], s.patch), s.batch_size * 2,
-                  classes=s.classes)
-    return train.repeat(), val, steps
+    train = random_patches(x, y, sizes, recipe.patch, batch, seed, plan.classes)
+    val = dataset(*grid_patches(val_x, val_y, val_sizes, recipe.patch), batch * 2,
+                  classes=plan.classes)
+    return train, val, patches_per_epoch(sizes, recipe.patch, batch) // batch

@@ -1,7 +1,8 @@
-"""U-Nets whose encoder is a keras.applications backbone, with or without its ImageNet weights.
+"""Encoders for the U-Net: keras.applications backbones, with or without their ImageNet
+weights, as features at strides 2 to 32 (kit/model.py builds the decoder on them).
 
-The models take raw pixel values 0..255 and apply the backbone's own preprocessing inside
-themselves, so the image size and the normalisation travel with the saved .keras file.
+They take raw pixel values 0..255 and apply the backbone's own preprocessing inside the model,
+so the image size and the normalisation travel with the saved .keras file.
 """
 
 import os
@@ -9,12 +10,13 @@ import warnings
 from collections import namedtuple
 
 from kit.cli import import_tensorflow
+from kit.recipe import ENCODER_STRIDE, weights_hint
 
 import_tensorflow()  # before Keras: hides TensorFlow's start-up noise
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-STRIDE = 32  # every backbone halves the size 5 times: the working size is a multiple
+STRIDE = ENCODER_STRIDE  # every backbone halves the size 5 times: the working size is a multiple
 ENCODER = "encoder"  # the nested model that holds the backbone's layers (see freeze)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -24,8 +26,8 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 # preprocessing: the mode of the family's keras.applications preprocess_input:
 #   "tf" scales to [-1, 1], "caffe" turns RGB into BGR and subtracts the ImageNet mean,
 #   "none" leaves 0..255 to the backbone (EfficientNetV2's include_preprocessing).
-# weights_file: the no-top file keras.applications downloads for weights="imagenet".
-Encoder = namedtuple("Encoder", "constructor skips preprocessing weights_file")
+# (The no-top weights file keras.applications downloads for each: kit/recipe.py's ENCODERS.)
+Encoder = namedtuple("Encoder", "constructor skips preprocessing")
 
 ENCODERS = {
     "mobilenetv2": Encoder(
@@ -34,15 +36,13 @@ ENCODERS = {
         # segmentation tutorial: the block outputs themselves are narrow linear bottlenecks.
         ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu"
          ),
-        "tf",
-        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
+        "tf"),
     "efficientnetv2b0": Encoder(
         keras.applications.EfficientNetV2B0,
-        ("block1a_project_activation", "block2b_add", "block3b_add", "block5e_add"), "none",
-        "efficientnetv2-b0_notop.h5"),
+        ("block1a_project_activation", "block2b_add", "block3b_add", "block5e_add"), "none"),
     "resnet50": Encoder(keras.applications.ResNet50,
                         ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out"),
-                        "caffe", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                        "caffe"),
 }
 
 
@@ -51,13 +51,10 @@ class EncoderWeightsError(ValueError):
 
 
 def _weights_error(path, name, problem):
-    hint = f"give the no-top ImageNet weights of {name}"
-    if name in ENCODERS:
-        hint += f" (keras.applications file name {ENCODERS[name].weights_file})"
     problem = " ".join(str(problem).split())  # Keras' own messages span several lines
     if len(problem) > 300:
         problem = problem[:300] + "..."
-    return EncoderWeightsError(f"{path} {problem}: {hint}, or a .weights.h5 saved from it")
+    return EncoderWeightsError(f"{path} {problem}: {weights_hint(name)}")
 
 
 def load_encoder_weights(backbone, path, name=None):
@@ -108,39 +105,12 @@ def build_encoder(name, image_size, weights=None):
     return keras.Model(backbone.input, outputs, name=ENCODER)
 
 
-def conv_block(x, filters, name):
-    for i in (1, 2):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
-        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
-    return x
-
-
-def build(name, image_size, channels=1, outputs=1, weights=None, decoder_width=16, head=None):
-    """U-Net with the backbone `name` (a key of ENCODERS) as its encoder, taking raw pixel
-    values 0..255 of image_size (rows, cols), both multiples of STRIDE. outputs: 1 (sigmoid,
-    binary masks) or K+1 (softmax, label masks). weights: as for build_encoder. head: a function
-    of the stride-32 bottleneck making a second output (train.py --gate: model.presence_head,
-    passed in because kit/model.py imports this module)."""
+def features(name, inputs, weights=None):
+    """The backbone `name` (a key of ENCODERS) on raw `inputs` (1 or 3 channels): its features at
+    strides 2, 4, 8 and 16, and the stride-32 bottleneck. weights: as for build_encoder."""
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}: choose one of {', '.join(ENCODERS)}")
-    if any(side % STRIDE for side in image_size):
-        raise ValueError(f"image size {tuple(image_size)} of encoder {name}: "
-                         f"both sides must be multiples of {STRIDE}")
-    inputs = keras.Input((*image_size, channels))
-    *skips, x = build_encoder(name, image_size, weights)(preprocess(name, inputs))
-    bottleneck = x
-    # Level k works at stride 2**k: upsample, join the skip of that stride (none at full size),
-    # convolve.
-    for level, skip in reversed(list(enumerate([None, *skips]))):
-        x = layers.UpSampling2D(interpolation="bilinear", name=f"decoder{level}_up")(x)
-        if skip is not None:
-            x = layers.Concatenate(name=f"decoder{level}_concat")([x, skip])
-        x = conv_block(x, decoder_width * 2**level, f"decoder{level}")
-    # The last layer stays float32 under mixed precision so that the loss is computed in float32.
-    activation = "sigmoid" if outputs == 1 else "softmax"
-    x = layers.Conv2D(outputs, 1, activation=activation, dtype="float32", name="mask")(x)
-    return keras.Model(inputs, [x, head(bottleneck)] if head else x, name=f"unet_{name}")
+    return build_encoder(name, inputs.shape[1:3], weights)(preprocess(name, inputs))
 
 
 def encoder_of(model):
@@ -149,7 +119,7 @@ def encoder_of(model):
 
 
 def freeze(model, frozen=True):
-    """Freeze (or unfreeze) the encoder of a model from build, e.g. to warm the decoder up for
+    """Freeze (or unfreeze) the encoder of a model.encoder_unet, e.g. to warm the decoder up for
     a few epochs. Frozen BatchNormalization layers run in inference mode, keeping the
     backbone's statistics. Compile again afterwards, with a new optimizer: Keras fixes the
     trainable variables when it compiles."""

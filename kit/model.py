@@ -3,6 +3,8 @@
 import logging
 
 from kit import encoders, metrics
+from kit.recipe import loss_name
+from kit.recipe import stride as stride_rule
 from kit.cli import import_tensorflow
 from kit.files import UserError
 
@@ -19,19 +21,34 @@ MASK, PRESENCE = "mask", "presence"  # the outputs of a model with a presence he
 # ---------------------------------------------------------------- the network
 
 
-def conv_block(x, filters, batchnorm):
-    for _ in range(2):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batchnorm)(x)
+def build(recipe, size, channels, classes, mean=0.0, std=1.0, encoder_weights=None):
+    """The recipe's network at `size` (H, W): the kit's U-Net, or with --encoder a U-Net on that
+    backbone (encoder_weights: its initial weights, a file, "imagenet" or None for random).
+    classes: 1 for binary masks (a sigmoid), K for labels 1..K (a softmax over K + 1)."""
+    if recipe.encoder != "none":
+        return encoder_unet(recipe.encoder, size, channels, classes, encoder_weights,
+                            recipe.width, recipe.gate)
+    return build_unet(size, channels, classes, recipe.width, recipe.depth, recipe.dropout,
+                      recipe.batchnorm, mean, std, recipe.gate)
+
+
+def conv_block(x, filters, batchnorm=True, name=None):
+    """Two 3x3 convolutions, each with batch normalisation and ReLU."""
+    for i in (1, 2):
+        named = (lambda part: f"{name}_{part}{i}") if name else (lambda part: None)
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batchnorm,
+                          name=named("conv"))(x)
         if batchnorm:
-            x = layers.BatchNormalization(momentum=0.9)(x)  # 0.99 lags on small datasets
-        x = layers.Activation("relu")(x)
+            # 0.99 lags on small datasets
+            x = layers.BatchNormalization(momentum=0.9, name=named("bn"))(x)
+        x = layers.Activation("relu", name=named("relu"))(x)
     return x
 
 
 def build_unet(image_size, channels=1, classes=1, width=16, depth=4, dropout=0.1, batchnorm=True,
                mean=0.0, std=1.0, gate=False):
-    """U-Net taking raw pixel values: the normalisation statistics live inside the model.
-    gate: a second output, the probability that the image holds any foreground (presence_head)."""
+    """The kit's U-Net, taking raw pixel values: the normalisation statistics live inside the
+    model. gate: a second output, the probability that the image holds any foreground."""
     inputs = keras.Input((*image_size, channels))
     x = layers.Normalization(mean=mean, variance=std**2)(inputs)
     skips = []
@@ -47,16 +64,42 @@ def build_unet(image_size, channels=1, classes=1, width=16, depth=4, dropout=0.1
         x = layers.Conv2DTranspose(width * 2**level, 2, strides=2, padding="same")(x)
         x = layers.Concatenate()([x, skips[level]])
         x = conv_block(x, width * 2**level, batchnorm)
-    # The last layer stays float32 under mixed precision so that the loss is computed in float32.
+    return keras.Model(inputs, heads(x, bottleneck, classes, gate), name="unet")
+
+
+def encoder_unet(name, image_size, channels=1, classes=1, weights=None, width=16, gate=False):
+    """A U-Net whose encoder is the keras.applications backbone `name` (kit/encoders.py),
+    taking raw pixel values 0..255; both sides of image_size multiples of its stride. Each
+    decoder level works at stride 2**k: upsample, join the encoder's features of that stride
+    (none at full size), convolve."""
+    if any(side % encoders.STRIDE for side in image_size):
+        raise ValueError(f"image size {tuple(image_size)} of encoder {name}: "
+                         f"both sides must be multiples of {encoders.STRIDE}")
+    inputs = keras.Input((*image_size, channels))
+    *skips, x = encoders.features(name, inputs, weights)
+    bottleneck = x
+    for level, skip in reversed(list(enumerate([None, *skips]))):
+        x = layers.UpSampling2D(interpolation="bilinear", name=f"decoder{level}_up")(x)
+        if skip is not None:
+            x = layers.Concatenate(name=f"decoder{level}_concat")([x, skip])
+        x = conv_block(x, width * 2**level, name=f"decoder{level}")
+    return keras.Model(inputs, heads(x, bottleneck, classes, gate), name=f"unet_{name}")
+
+
+def heads(x, bottleneck, classes, gate):
+    """The outputs: the mask (one sigmoid channel for binary masks, a softmax over background
+    + K classes for labels) and, with gate, the presence. float32 under mixed precision, so
+    that the loss is computed in float32."""
     activation = "sigmoid" if classes == 1 else "softmax"
-    mask = layers.Conv2D(classes, 1, activation=activation, dtype="float32", name=MASK)(x)
-    return keras.Model(inputs, [mask, presence_head(bottleneck)] if gate else mask, name="unet")
+    mask = layers.Conv2D(outputs_for(classes), 1, activation=activation, dtype="float32",
+                         name=MASK)(x)
+    return [mask, presence_head(bottleneck)] if gate else mask
 
 
 def presence_head(bottleneck):
     """train.py --gate: "is there anything in this image", from the deepest features, where
     each pixel sees the most context. Trained with cross-entropy beside the mask; a frame it
-    calls empty is emptied (kit/inference.py). float32 as the mask, for the loss."""
+    calls empty is emptied (kit/inference.py)."""
     pooled = layers.GlobalAveragePooling2D(name="presence_pool")(bottleneck)
     return layers.Dense(1, activation="sigmoid", dtype="float32", name=PRESENCE)(pooled)
 
@@ -147,20 +190,14 @@ def cce_dice_loss(y_true, y_pred):
     return cce_loss(y_true, y_pred) + multiclass_dice_loss(y_true, y_pred)
 
 
+# Each a function of the class weights (median-frequency balancing, kit/dataset.py): only
+# weighted_cce uses them.
 CATEGORICAL_LOSSES = {
-    "cce": cce_loss,
-    "multiclass_dice": multiclass_dice_loss,
-    "cce_dice": cce_dice_loss,
-    "weighted_cce": None
-}  # weighted: see loss_for
-# The binary losses' categorical counterparts, so that a loss flag works for both kinds of mask.
-CATEGORICAL_COUNTERPART = {"bce": "cce", "dice": "multiclass_dice", "bce_dice": "cce_dice"}
-LOSS_NAMES = [*BINARY_LOSSES, *CATEGORICAL_LOSSES]
-
-
-def loss_name(name, classes):
-    """The loss a flag names for these masks: label masks take binary names' counterparts."""
-    return name if classes == 1 else CATEGORICAL_COUNTERPART.get(name, name)
+    "cce": lambda _: cce_loss,
+    "multiclass_dice": lambda _: multiclass_dice_loss,
+    "cce_dice": lambda _: cce_dice_loss,
+    "weighted_cce": weighted_cce
+}
 
 
 def loss_for(name, classes, class_weights=None):
@@ -174,7 +211,7 @@ def loss_for(name, classes, class_weights=None):
     if name not in CATEGORICAL_LOSSES:
         raise UserError(f"--loss {name} is for binary masks: with {classes} classes choose one "
                         f"of {', '.join(CATEGORICAL_LOSSES)}")
-    return CATEGORICAL_LOSSES[name] or weighted_cce(class_weights)
+    return CATEGORICAL_LOSSES[name](class_weights)
 
 
 # ---------------------------------------------------------------- the metric
@@ -259,11 +296,10 @@ def depth_of(model):
 
 
 def stride_of(model):
-    """What the sides of the model's input must be multiples of: 2^depth for the kit's U-Net,
-    encoders.STRIDE for a U-Net on a backbone (which has no MaxPooling2D of its own)."""
-    if any(layer.name == encoders.ENCODER for layer in model.layers):
-        return encoders.STRIDE
-    return 2**depth_of(model)
+    """What the sides of the model's input must be multiples of (kit/recipe.py's rule): a U-Net
+    on a backbone has no MaxPooling2D of its own."""
+    return stride_rule(any(layer.name == encoders.ENCODER for layer in model.layers),
+                         depth_of(model))
 
 
 def load_initial_weights(model, path):

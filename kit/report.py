@@ -79,11 +79,11 @@ def summary_section(work, models, config, table):
             (test.reshape(len(test), -1).max(1) == 0).mean()) if len(test) else float("nan"))
         rows.append(("test frames predicted empty", f"{empty:.0%} of {len(test)}"))
     h, w = models[0].input_shape[1:3]
-    rows.append(("working size", plan_text(config.plan, w, h)))
+    rows.append(("working size", plan_text(config.plan.get("sizing"), w, h)))
     averaged = " (averaged)" if len(models) > 1 else ""
     rows += [("threshold", f"{config.threshold:.2f}"),
              ("minimum mask area", f"{config.min_area} px")]
-    if config.settings.get("gate") or config.presence_threshold:
+    if config.recipe.get("gate") or config.presence_threshold:
         rows.append(("presence threshold", presence_text(config.presence_threshold)))
     rows += [("models", f"{', '.join(config.folds)}{averaged}, working size {w}x{h}, "
               f"{models[0].count_params():,} parameters each"),
@@ -171,7 +171,7 @@ def write_report(work, models, config):
     histories = [
         model_dir / f"history_{re.sub(r'[.]keras$', '', name)}.csv" for name in config.folds
     ]
-    settings = sorted(config.settings.items())
+    settings = sorted({**config.recipe, **config.options}.items())
     sections = [("Summary", summary_section(work, models, config, table)),
                 ("Training curves", embed(figures.curves_figure(histories), "training curves")),
                 ("Validation score, frame by frame", distribution_section(table)),

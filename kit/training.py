@@ -1,7 +1,7 @@
-"""Training: the hardware's precision and devices, one fold's model trained (or resumed) and
-saved, the out-of-fold predictions of a run, and the threshold, minimum area and scores
-tuned and measured on them."""
+"""Training: the hardware's precision and devices, the recipe's network compiled, one fold
+trained (or resumed) in its phases and saved, and the folds of a run in turn."""
 
+import dataclasses
 import gc
 import logging
 import math
@@ -11,29 +11,39 @@ import time
 
 import numpy as np
 
-from kit import budget, callbacks, dataset, encoders, figures, inference, metrics, model
+from kit import budget, callbacks, dataset, encoders, evaluation, model
 from kit.cli import import_tensorflow
 from kit.files import UserError, atomic_path
 from kit.images import resize_stack
+from kit.recipe import ENCODERS, Plan
 
 tf = import_tensorflow()
 import keras  # noqa: E402
 
 log = logging.getLogger(__name__)
-PRESETS = {
-    # The 2017 Keras tutorial: 96x96 squashed input, filters 32..512, transposed convolutions,
-    # no batch normalisation or dropout, loss -Dice (smooth 1), Adam 1e-5, batch 32, 20 epochs.
-    "tutorial": dict(image_size=[96, 96], width=32, depth=4, batchnorm=False, dropout=0.0,
-                     loss="dice", lr=1e-5, batch_size=32, epochs=20, augment=False,
-                     schedule="constant", tune=False, tta=False)
-}
-# Settings a resumed run may change: they do not change what the training computes.
-RESUMABLE = {
-    "resume", "quiet", "verbose", "time_limit", "fold", "raw", "workdir", "tensorboard", "summary",
-    "gpus", "weights", "preset", "tune", "tta", "class_weights", "plan", "encoder_weights",
-    "seconds"
-}
 EMA_MOMENTUM = 0.99  # --ema: an average over about the last 100 steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run: what was asked (kit/recipe.py's Recipe and Options), what it planned
+    (Plan), the training data's fingerprint, and the devices it trains on."""
+
+    recipe: object
+    options: object
+    plan: object
+    data: dict
+    strategy: object
+
+    @property
+    def model_dir(self):
+        return self.options.workdir / "model"
+
+    def identity(self):
+        """What a resumed run must share with this one (callbacks.check_same_run)."""
+        return {"recipe": dataclasses.asdict(self.recipe), "data": self.data,
+                "plan": self.plan.to_dict()}
+
 
 # ---------------------------------------------------------------- hardware
 
@@ -81,42 +91,58 @@ def distribution(gpus):
     return tf.distribute.MirroredStrategy([d.name for d in devices])
 
 
-# ---------------------------------------------------------------- one fold
+def start(seed, precision, gpus):
+    """Seed every generator, set the precision policy, and return the distribution strategy."""
+    keras.utils.set_random_seed(seed)
+    keras.mixed_precision.set_global_policy(precision)
+    return distribution(gpus)
 
 
-def resume_options(s, data):
-    """What a resumed run must share with the interrupted one: every setting that changes what
-    the training computes, and the data it trains on."""
-    options = {f"--{k.replace('_', '-')}": v for k, v in vars(s).items() if k not in RESUMABLE}
-    return {**options, "--precision": keras.mixed_precision.global_policy().name, **data}
+def interrupted_plan(recipe, options, data):
+    """The Plan of the interrupted run --resume continues, once its recipe and training data
+    (data: their fingerprint) are found to be this run's; None for a run afresh, which is
+    refused over an interrupted one (it would be lost)."""
+    folder = callbacks.interrupted(options.workdir / "model")
+    if folder is None or options.summary:
+        return None
+    if not options.resume:
+        raise UserError(f"{folder} holds an interrupted run: pass --resume to continue it, or "
+                        f"delete that folder to start afresh")
+    state = callbacks.read_state(folder)
+    callbacks.check_same_run(state, {"recipe": dataclasses.asdict(recipe), "data": data}, folder)
+    return Plan.from_dict(state["plan"])
 
 
-def encoder_unet(s, size, initial):
-    """--encoder: a U-Net on that backbone, with `initial` its weights from --encoder-weights
-    (FILE, imagenet, or none: random). It normalises the pixels its backbone's way, not by
-    their statistics."""
-    weights = s.encoder_weights if initial else None
+# ---------------------------------------------------------------- the network
+
+
+def network(run, size, mean, std, initial):
+    """The recipe's network (kit/model.py) at `size`; with `initial`, the backbone's
+    --encoder-weights (FILE, imagenet, or none: random). A backbone normalises the pixels its
+    own way, not by their statistics."""
+    r, p = run.recipe, run.plan
+    weights = run.options.encoder_weights if initial else None
     try:
-        return encoders.build(s.encoder, size, s.channels, model.outputs_for(s.classes), weights,
-                              s.width, model.presence_head if s.gate else None)
+        return model.build(r, size, p.channels, p.classes, mean, std, weights)
     except encoders.EncoderWeightsError as e:
         raise UserError(f"--encoder-weights {e}") from None
     except Exception as e:  # keras.applications' failed download raises a bare Exception
         if weights != "imagenet" or type(e) is not Exception:
             raise
         raise UserError(f"--encoder-weights imagenet: the download failed ({str(e)[:160]}): give "
-                        f"the file {encoders.ENCODERS[s.encoder].weights_file} instead "
+                        f"the file {ENCODERS[r.encoder]} instead "
                         f"(--encoder-weights FILE; in a Kaggle notebook, a dataset added as "
                         f"input)") from None
 
 
-def compile_model(s, net):
-    loss = model.loss_for(s.loss, s.classes, s.class_weights)
+def compile_model(run, net):
+    r, p = run.recipe, run.plan
+    loss = model.loss_for(p.loss, p.classes, p.class_weights)
     # --ema: validation, the epoch kept and the saved model all use the averaged weights
     # (SwapEMAWeights in fold_callbacks, callbacks.averaged_weights, fit's own finalisation).
-    adam = keras.optimizers.Adam(s.lr, use_ema=s.ema, ema_momentum=EMA_MOMENTUM)
-    metric = [model.dice_metric(s.classes)]
-    if s.gate:  # the loss is the sum of the two: the mask's, and cross-entropy on presence
+    adam = keras.optimizers.Adam(r.lr, use_ema=r.ema, ema_momentum=EMA_MOMENTUM)
+    metric = [model.dice_metric(p.classes)]
+    if r.gate:  # the loss is the sum of the two: the mask's, and cross-entropy on presence
         loss, metric = {model.MASK: loss, model.PRESENCE: model.bce_loss}, {model.MASK: metric}
     net.compile(adam, loss, metrics=metric)
     # Built here, the optimizer's variables exist before fit traces its step: created inside that
@@ -124,156 +150,180 @@ def compile_model(s, net):
     net.optimizer.build(net.trainable_variables)
 
 
-def compiled_model(s, mean, std, strategy, size=None, initial=True, frozen=False):
-    """The recipe's network at `size` (default: s.input_size), compiled; with `initial`, the
+def compiled_model(run, mean, std, size=None, initial=True, frozen=False):
+    """The run's network at `size` (default: the plan's), compiled; with `initial`, the
     --weights (and --encoder-weights) loaded; frozen: its encoder frozen
     (--freeze-encoder-epochs)."""
-    size = size or s.input_size
-    with strategy.scope():
-        if s.encoder != "none":
-            net = encoder_unet(s, size, initial)
-        else:
-            net = model.build_unet(size, s.channels, model.outputs_for(s.classes), s.width, s.depth,
-                                   s.dropout, s.batchnorm, mean, std, s.gate)
-        if s.weights and initial:
-            model.load_initial_weights(net, s.weights)
+    with run.strategy.scope():
+        net = network(run, size or run.plan.size, mean, std, initial)
+        if run.options.weights and initial:
+            model.load_initial_weights(net, run.options.weights)
         if frozen:
             encoders.freeze(net)
-        compile_model(s, net)
+        compile_model(run, net)
     return net
 
 
-def first_guess(s, frames, deadline):
-    """The epochs planned before any is timed, from the steps the budget timed (PlanEpochs plans
-    again from the second epoch on)."""
-    plan = s.plan or {}
-    if not deadline or "step_seconds" not in plan:
-        return 2
-    steps = dataset.steps_per_epoch(frames, s.batch_size, s.augment)
-    return budget.affordable(plan["step_seconds"], steps, deadline - time.time(),
-                             plan["fixed_seconds"])
+def seconds_per_step(run, size, frames, steps=3):
+    """Seconds of the recipe's training step at `size` on these frames (augmentation and all),
+    the fastest of `steps` steps after two that trace, compile and warm the caches up (a busy
+    machine only ever slows a step down); and the seconds those two took beyond two steps:
+    what each fold pays once."""
+    r = run.recipe
+    n = min(len(frames.images), r.batch_size * (steps + 2))
+    crop = frames.sizes[:n] if frames.mixed else None
+    x = resize_stack(frames.images[:n], size, "area", crop=crop)
+    y = dataset.resize_masks(frames.masks[:n], size, frames.classes, crop)
+    net = compiled_model(run, float(x.mean()), float(x.std()) or 1.0, size, initial=False)
+    data = dataset.dataset(x, y, r.batch_size, r.seed, range(steps + 2), frames.classes,
+                           shuffle=True, augment=r.augment, presence=r.gate)
+    ends = [time.time()]
+    clock = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: ends.append((float(logs["loss"]), time.time())[1]))
+    net.fit(data.repeat(), epochs=1, steps_per_epoch=steps + 2, verbose=0, callbacks=[clock])
+    step = float(np.min(np.diff(ends[2:])))
+    return step, max(0.0, ends[2] - ends[0] - 2 * step)
 
 
-def fold_callbacks(s, fold, state, first, deadline, frames):
-    model_dir = s.workdir / "model"
-    history = model_dir / f"history_fold{fold}.csv"
+def step_timer(recipe, options, data, strategy, frames):
+    """timer(size, plan) for kit/budget.py: seconds_per_step of this recipe on these frames."""
+    return lambda size, plan: seconds_per_step(Run(recipe, options, plan, data, strategy), size,
+                                               frames)
+
+
+def describe(run, frames):
+    """The run in one line: the images, what the network sees, and how it computes."""
+    (h, w), (oh, ow), p = run.plan.size, frames.median_size(), run.plan
+    mixed = " (median: mixed sizes)" if frames.mixed else ""
+    return (f"{len(frames.images)} images {ow}x{oh}{mixed} -> "
+            f"{'patches' if run.recipe.patch else 'working size'} {w}x{h}, {p.channels} "
+            f"channel(s), {p.classes} class(es), {p.precision}, loss {p.loss}, "
+            f"{run.strategy.num_replicas_in_sync} replica(s)")
+
+
+def print_summary(run):
+    r, (h, w) = run.recipe, run.plan.size
+    net = network(run, run.plan.size, 0.0, 1.0, initial=False)  # no weights file needed
+    net.summary()
+    if r.encoder != "none":
+        field = f"encoder {r.encoder}, stride {r.stride()}"
+    else:
+        field = model.receptive_field(r.depth)
+        field = f"receptive field {field}x{field} pixels of the input"
+    print(f"input {w}x{h}: {net.count_params():,} parameters, {field}")
+
+
+# ---------------------------------------------------------------- one fold
+
+
+def fold_callbacks(run, fold, state, first, deadline, frames):
+    history = run.model_dir / f"history_fold{fold}.csv"
     if first:
         callbacks.truncate_history(history, first)
     planned = state.state["logs"].get("planned_epochs") if first else None
-    planner = callbacks.PlanEpochs(s.epochs, deadline, planned, first_guess(s, frames, deadline))
+    steps = dataset.steps_per_epoch(frames, run.recipe.batch_size, run.recipe.augment)
+    planner = callbacks.PlanEpochs(run.plan.epochs, deadline, planned,
+                                   budget.first_guess(run.plan, steps, deadline))
     stop = callbacks.StopOnDeadlineOrSignal(deadline)
     chain = [
         callbacks.MaskMetricNames(),  # first: the callbacks after it read val_dice
         planner,
-        keras.callbacks.LearningRateScheduler(callbacks.lr_schedule(s.lr, s.schedule, planner)),
+        keras.callbacks.LearningRateScheduler(
+            callbacks.lr_schedule(run.recipe.lr, run.recipe.schedule, planner)),
         keras.callbacks.CSVLogger(history, append=first > 0),
-        callbacks.PlotCurves(history, model_dir / "curves.png"),
+        callbacks.PlotCurves(history, run.model_dir / "curves.png"),
         state,  # after the logger: a kill between the two repeats an epoch, never skips one
         stop
     ]
-    if s.tensorboard:
-        chain.append(callbacks.tensorboard(model_dir / "tensorboard" / f"fold{fold}"))
-    if s.ema:  # validation sees the averaged weights; the state kept for --resume, the raw ones
+    if run.options.tensorboard:
+        chain.append(callbacks.tensorboard(run.model_dir / "tensorboard" / f"fold{fold}"))
+    if run.recipe.ema:  # validation sees the averaged weights; the state kept for --resume, raw
         chain.append(keras.callbacks.SwapEMAWeights())
     return chain, stop, planner
 
 
-def restored(s, fold, net, state, strategy):
+def restored(run, fold, net, state):
     """Epochs already done by an interrupted run of this fold (0 when starting afresh)."""
-    if not (s.resume and state.saved()):
-        if s.resume:
+    if not (run.options.resume and state.saved()):
+        if run.options.resume:
             log.info(f"fold {fold}: no interrupted run in {state.folder}, starting afresh")
         return 0
-    with strategy.scope():  # where the optimizer's variables belong
+    with run.strategy.scope():  # where the optimizer's variables belong
         first = state.restore(net)
     log.info(f"fold {fold}: resuming after epoch {first}")
     return first
 
 
-def fit(s, fold, net, data, chain, first, last):
+def starts_frozen(run, state):
+    """--freeze-encoder-epochs N: whether the model to start (or resume) has its encoder frozen.
+    The state saved after any of the first N epochs holds the frozen model's optimizer."""
+    saved = state.saved() if run.options.resume else None
+    done = saved["epoch"] if saved else 0
+    return 0 < run.recipe.freeze_encoder_epochs and done <= run.recipe.freeze_encoder_epochs
+
+
+def fit(run, fold, net, data, chain, first, last):
     """Epochs first to last - 1 of a fold. data: (train, val) as for train_fold."""
-    if first >= last:
-        return
-    (x, y, sizes), (val_x, val_y, val_sizes) = data
-    train_ds, val_ds, steps = dataset.fold_datasets(s, fold, x, y, val_x, val_y, (sizes, val_sizes),
+    train_ds, val_ds, steps = dataset.fold_datasets(run.recipe, run.plan, fold, *data,
                                                     range(first, last))
-    for callback in chain:  # a fit after the warm-up goes on with the same log
+    for callback in chain:  # a fit after the first goes on with the same log
         if isinstance(callback, keras.callbacks.CSVLogger):
             callback.append = first > 0
-    verbose = 0 if s.quiet else 1 if sys.stdout.isatty() else 2
+    verbose = 0 if run.options.quiet else 1 if sys.stdout.isatty() else 2
     net.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
             steps_per_epoch=steps, callbacks=[callbacks.MarkCompleteEpochs(steps),
                                               *chain], verbose=verbose)
 
 
-def starts_frozen(s, state):
-    """--freeze-encoder-epochs N: whether the model to start (or resume) has its encoder frozen.
-    The state saved after any of the first N epochs holds the frozen model's optimizer."""
-    saved = state.saved() if s.resume else None
-    done = saved["epoch"] if saved else 0
-    return 0 < s.freeze_encoder_epochs and done <= s.freeze_encoder_epochs
-
-
-def epoch_cap(s):
-    """The most epochs a fold trains: --epochs, else none (under a time limit the plan decides)."""
-    return s.epochs or math.inf
-
-
-def fit_planned(s, fold, net, data, chain, first, planner):
-    """The epochs from `first` to --epochs, or without it to the end of the plan: a plan that
-    grows past the epochs a fit was given goes on in another fit."""
-    while True:
-        last = s.epochs or planner.planned_epochs
-        fit(s, fold, net, data, chain, first, last)
-        if s.epochs or net.stop_training or first >= last:
-            return
-        first = last
-
-
-def fit_fold(s, fold, net, data, chain, first, state, strategy, planner):
-    """The epochs from `first` on; with --freeze-encoder-epochs N, those before N train the
-    decoder alone, the rest the whole network with a fresh optimizer (Keras fixes the trainable
+def unfreeze(run, fold, net, state):
+    """The whole network trains from here, with a fresh optimizer (Keras fixes the trainable
     variables when it compiles)."""
-    most = epoch_cap(s)
-    warm = min(s.freeze_encoder_epochs, most)
-    if first < warm:
-        fit(s, fold, net, data, chain, first, warm)
-        if net.stop_training:  # time limit, signal, patience or the planned epochs reached
+    # The last epoch's own weights: fit ends by putting the --ema average in their place.
+    state.load_weights(net, state.state["weights"])
+    encoders.freeze(net, False)
+    with run.strategy.scope():
+        compile_model(run, net)
+    log.info(f"fold {fold}: encoder unfrozen after epoch {state.state['epoch']}, with a fresh "
+             f"optimizer")
+
+
+def train_phases(run, fold, net, data, chain, first, state, planner, frozen):
+    """The fold's epochs from `first` on, phase by phase: with a frozen encoder
+    (--freeze-encoder-epochs N) the decoder alone until epoch N; then the whole network until
+    the plan's epochs, or without a cap until PlanEpochs' plan, which grows as the epochs are
+    timed (each growth one more fit). Ends early on a stop (deadline, signal, patience)."""
+    warm, cap = run.plan.frozen_epochs(run.recipe), run.plan.epochs or math.inf
+    epoch = first
+    while True:
+        if frozen and warm <= epoch < cap:
+            unfreeze(run, fold, net, state)
+            frozen = False
+        last = warm if frozen else min(cap, planner.planned_epochs)
+        if epoch >= last:
             return
-    if 0 < warm < most and first <= warm:
-        # The last epoch's own weights: fit ends by putting the --ema average in their place.
-        state.load_weights(net, state.state["weights"])
-        encoders.freeze(net, False)
-        with strategy.scope():
-            compile_model(s, net)
-        log.info(f"fold {fold}: encoder unfrozen after epoch {warm}, with a fresh optimizer")
-    fit_planned(s, fold, net, data, chain, max(first, warm), planner)
+        fit(run, fold, net, data, chain, epoch, last)
+        if net.stop_training:
+            return
+        epoch = last
 
 
-def train_fold(s, fold, train, val, mean, std, deadline, strategy):
+def train_fold(run, fold, train, val, mean, std, deadline):
     """Train (or, with --resume, go on training) one fold and save it as fold<i>.keras.
     train, val: (images, masks, own sizes) at the working size (or as they are, for patches)."""
-    final = s.workdir / "model" / f"fold{fold}.keras"
-    keras.utils.set_random_seed(s.seed + fold)  # each fold on its own: resumable alone
-    data = {
-        "training frames": len(train[0]),
-        "validation frames": len(val[0]),
-        "pixel mean": mean,
-        "pixel std": std,
-        "channels": s.channels,
-        "classes": s.classes
-    }
-    state = callbacks.TrainingState(s.workdir / "model" / f"backup_fold{fold}",
-                                    resume_options(s, data), s.patience, timed=bool(deadline))
-    net = compiled_model(s, mean, std, strategy, frozen=starts_frozen(s, state))
-    first = restored(s, fold, net, state, strategy)
+    final = run.model_dir / f"fold{fold}.keras"
+    keras.utils.set_random_seed(run.recipe.seed + fold)  # each fold on its own: resumable alone
+    state = callbacks.TrainingState(run.model_dir / f"backup_fold{fold}", run.identity(),
+                                    run.plan.patience, timed=bool(deadline))
+    frozen = starts_frozen(run, state)
+    net = compiled_model(run, mean, std, frozen=frozen)
+    first = restored(run, fold, net, state)
     if state.state["done"] and final.exists():
         log.info(f"fold {fold}: trained by the interrupted run, {final}")
         return
-    chain, stop, planner = fold_callbacks(s, fold, state, first, deadline, len(train[0]))
-    if first < epoch_cap(s) and not state.state["stopped"] and not state.state["done"]:
-        fit_fold(s, fold, net, (train, val), chain, first, state, strategy, planner)
-    gc.freeze()  # fit's leftovers: see train.py's train_folds
+    chain, stop, planner = fold_callbacks(run, fold, state, first, deadline, len(train[0]))
+    if not (state.state["stopped"] or state.state["done"]):
+        train_phases(run, fold, net, (train, val), chain, first, state, planner, frozen)
+    gc.freeze()  # fit's leftovers: see train_folds
     if stop.signalled:
         log.warning(f"{stop.signalled}: fold {fold} stopped; its {state.state['epoch']} complete "
                     f"epochs are saved in {state.folder}: run the same command with --resume "
@@ -285,71 +335,32 @@ def train_fold(s, fold, train, val, mean, std, deadline, strategy):
     state.save(done=True)
 
 
-def seconds_per_step(s, size, images, masks, sizes, strategy, steps=3):
-    """Seconds of this recipe's training step at `size` on these frames (augmentation and all),
-    the fastest of `steps` steps after two that trace, compile and warm the caches up (a busy
-    machine only ever slows a step down); and the seconds those two took beyond two steps:
-    what each fold pays once."""
-    n = min(len(images), s.batch_size * (steps + 2))
-    crop = None if sizes is None else sizes[:n]
-    x = resize_stack(images[:n], size, "area", crop=crop)
-    y = dataset.resize_masks(masks[:n], size, s.classes, crop)
-    net = compiled_model(s, float(x.mean()), float(x.std()) or 1.0, strategy, size, initial=False)
-    data = dataset.dataset(x, y, s.batch_size, s.seed, range(steps + 2), s.classes, shuffle=True,
-                           augment=s.augment, presence=s.gate)
-    ends = [time.time()]
-    clock = keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda batch, logs: ends.append((float(logs["loss"]), time.time())[1]))
-    net.fit(data.repeat(), epochs=1, steps_per_epoch=steps + 2, verbose=0, callbacks=[clock])
-    step = float(np.min(np.diff(ends[2:])))
-    return step, max(0.0, ends[2] - ends[0] - 2 * step)
+# ---------------------------------------------------------------- the folds of a run
 
 
-# ---------------------------------------------------------------- out of fold
-
-
-def out_of_fold(s, fold, images, sizes, mixed):
-    """(probabilities, presence) (see inference.forward) of a fold's validation images by its
-    saved file, loaded outside any distribution strategy exactly as predict.py will load it."""
-    saved = keras.models.load_model(s.workdir / "model" / f"fold{fold}.keras", compile=False)
-    if not s.patch:
-        return inference.probabilities([saved], images, s.batch_size * 4, s.tta, s.quiet,
-                                       sizes=sizes if mixed else None)
-    channels = model.mask_shape(saved)[-1]
-    out = np.zeros((*images.shape[:3], *([channels] if channels > 1 else [])), np.float32)
-    for i, (h, w) in enumerate(sizes):  # on the canvas, as the images lie
-        out[i, :h, :w] = inference.tiled_probabilities([saved], images[i, :h, :w], s.patch,
-                                                       s.patch // 4, s.batch_size, s.tta)
-    return out, None
-
-
-def evaluate(s, probs, truth, working_truth, pixel_area, place, presence=None):
-    """Scores of out-of-fold probabilities: untuned (threshold 0.5, no minimum area, no presence
-    gate) and with the post-processing tuned on these same predictions (optimistic).
-    Returns (post-processing: final_masks' threshold, min_area and presence_threshold, tuning
-    grid, final masks, tuned scores, untuned score)."""
-
-    def scores_at(post):
-        pred = inference.final_masks(probs, truth.shape[1:3], **post, sizes=place,
-                                     presence=presence)
-        return pred, metrics.class_scores(pred, truth, s.classes)
-
-    post, grid = dict(threshold=0.5, min_area=0, presence_threshold=0.0), []
-    _, untuned = scores_at(post)
-    if s.tune and s.classes == 1:
-        post = inference.tune_postprocessing(probs, working_truth, pixel_area, grid, presence)
-    pred, tuned = scores_at(post)
-    return post, grid, pred, tuned, metrics.overall(untuned)
-
-
-def save_records(model_dir, frames, grid, folds):
-    """What the report and visualize.py show: each validation frame's Dice (frames: a table),
-    the tuning grid, and the curves of every fold of this run."""
-    import pandas as pd
-
-    tuning = pd.DataFrame(grid, columns=["threshold", "min_area", "presence_threshold", "dice"])
-    for name, table in (("validation.csv", pd.DataFrame(frames)), ("tuning.csv", tuning)):
-        with atomic_path(model_dir / name) as tmp:
-            table.to_csv(tmp, index=False)
-    figures.plot_curves([model_dir / f"history_fold{f}.csv" for f in folds],
-                        model_dir / "curves.png")
+def train_folds(run, frames, working, started):
+    """Train each of the plan's folds, the folds sharing the time budget evenly, and predict
+    each one's validation frames by its saved model: evaluation.OutOfFold."""
+    r, p = run.recipe, run.plan
+    fold_of = dataset.subject_folds(frames.subjects, r.folds, r.seed)
+    if p.train_until:
+        log.info(f"training until {p.train_until:.0f} s of the {run.options.time_limit:.0f} s; "
+                 f"{run.options.time_limit - p.train_until:.0f} s kept for out-of-fold "
+                 f"predictions and records")
+    oof, begin = evaluation.OutOfFold(fold_of), time.time()
+    for n, fold in enumerate(p.folds):
+        train, val = fold_of != fold, fold_of == fold
+        log.info(f"fold {fold}: {train.sum()} training, {val.sum()} validation frames "
+                 f"(subjects {sorted(set(frames.subjects[val].tolist()))})")
+        clock = time.time()
+        train_fold(run, fold, (working.x[train], working.y[train], frames.sizes[train]),
+                   (working.x[val], working.y[val], frames.sizes[val]), working.mean,
+                   working.std, budget.fold_deadline(p, started, begin, n))
+        # A fold's leftovers (its model, fit's objects) are never collected: a garbage collection
+        # of them (2,594 objects) once stalled the next fold for 31 s; in 600-s runs, 15-45 s.
+        gc.freeze()
+        oof.seconds.append(round(time.time() - clock, 1))
+        oof.add(val, *evaluation.out_of_fold(run, fold, frames.images[val], frames.sizes[val],
+                                              frames.mixed))
+        gc.freeze()  # and those of the model loaded for the out-of-fold predictions
+    return oof

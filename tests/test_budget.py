@@ -58,7 +58,7 @@ GPU = lambda size: 0.01 + 1e-9 * size[0] * size[1]  # mostly overhead
 
 def test_the_objects_size_stays_where_the_budget_buys_enough_epochs_but_not_many_more():
     sizes = budget.size_range((420, 580), 16, floor=[112, 160])
-    size, step, measured = budget.plan([112, 160], sizes, CPU, steps_per_epoch=30, budget=1000)
+    size, step, measured = budget.plan_size([112, 160], sizes, CPU, steps_per_epoch=30, budget=1000)
     epochs = budget.affordable(step, 30, 1000)
     assert size == [112, 160] and budget.MIN_EPOCHS <= epochs < budget.GROW_EPOCHS
     assert list(measured) == [(112, 160)]  # one timing
@@ -66,15 +66,15 @@ def test_the_objects_size_stays_where_the_budget_buys_enough_epochs_but_not_many
 
 def test_fast_steps_grow_the_size_and_slow_ones_shrink_it():
     sizes = budget.size_range((420, 580), 16, floor=[112, 160])
-    size, step, measured = budget.plan([112, 160], sizes, GPU, 30, 600)
+    size, step, measured = budget.plan_size([112, 160], sizes, GPU, 30, 600)
     assert size == [416, 576] and len(measured) <= 3
     assert budget.affordable(step, 30, 600) >= budget.growth_epochs(30)
     slow = lambda size: 1.2 * CPU(size)
-    size, step, _ = budget.plan([112, 160], sizes, slow, 30, 600)
+    size, step, _ = budget.plan_size([112, 160], sizes, slow, 30, 600)
     assert size[0] < 112 and budget.affordable(step, 30, 600) >= budget.MIN_EPOCHS
     bigger = sizes[sizes.index(size) + 1]
     assert budget.affordable(slow(bigger), 30, 600) < budget.MIN_EPOCHS
-    assert budget.plan([112, 160], sizes, lambda s: 100 * CPU(s), 30, 600)[0] == sizes[0]
+    assert budget.plan_size([112, 160], sizes, lambda s: 100 * CPU(s), 30, 600)[0] == sizes[0]
 
 
 def test_shrinking_to_buy_epochs_keeps_a_typical_object_16_pixels_across():
@@ -84,7 +84,7 @@ def test_shrinking_to_buy_epochs_keeps_a_typical_object_16_pixels_across():
     assert [80, 112] in budget.size_range((420, 580), 16, floor=[112, 160])
     assert sizes[0] == [96, 144] and [112, 160] in sizes
     assert all(min(h / 420, w / 580) * 80 >= budget.LEAST_OBJECT_PIXELS for h, w in sizes)
-    assert budget.plan([112, 160], sizes, lambda s: 100 * CPU(s), 30, 600)[0] == [96, 144]
+    assert budget.plan_size([112, 160], sizes, lambda s: 100 * CPU(s), 30, 600)[0] == [96, 144]
     small = budget.size_range((420, 580), 16, floor=[112, 160], across=40)  # a capped floor
     assert small[0] == [112, 160] and small[1:] == sizes[2:]  # nothing smaller; larger all kept
 
@@ -92,8 +92,8 @@ def test_shrinking_to_buy_epochs_keeps_a_typical_object_16_pixels_across():
 def test_small_sets_grow_only_with_enough_optimizer_steps():
     """A set of a step per epoch buys many epochs, but epochs of one step teach little."""
     sizes = budget.size_range((420, 580), 16, floor=[112, 160])
-    assert budget.plan([112, 160], sizes, CPU, steps_per_epoch=1, budget=1200)[0] == [112, 160]
-    assert budget.plan([112, 160], sizes, GPU, 1, 1200)[0] != [112, 160]
+    assert budget.plan_size([112, 160], sizes, CPU, steps_per_epoch=1, budget=1200)[0] == [112, 160]
+    assert budget.plan_size([112, 160], sizes, GPU, 1, 1200)[0] != [112, 160]
 
 
 def test_a_budget_of_many_epochs_buys_an_ensemble_of_folds():
@@ -125,12 +125,12 @@ def test_a_time_limit_sizes_the_run_from_steps_timed_on_this_machine(demo, tmp_p
     result = run_script("train.py", "--workdir", tmp_path, "--time-limit", 45, "--width", 4,
                         "--depth", 2, "--folds", 3, "--batch-size", 8)
     config = json.loads((tmp_path / "model" / "config.json").read_text())
-    plan, (h, w) = config["plan"], config["settings"]["input_size"]
+    plan, (h, w) = config["plan"]["sizing"], config["plan"]["size"]
     assert plan["seconds_per_step"] and plan["predicted_epochs"] >= 1 and plan["objects_size"]
     assert f"working size {w}x{h}: masks" in result.stdout and "steps in" in result.stdout
     assert "kept for out-of-fold predictions and records" in result.stdout
-    assert config["settings"]["epochs"] is None  # the budget decides, uncapped
-    assert config["settings"]["patience"] is None  # no early stop
+    assert config["plan"]["epochs"] is None  # the budget decides, uncapped
+    assert config["plan"]["patience"] is None  # no early stop
     assert len(config["folds"]) == budget.folds(plan["step_seconds"], plan["steps_per_epoch"],
                                                 plan["seconds"], plan["fixed_seconds"], 3)
     seconds = config["seconds"]

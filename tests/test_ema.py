@@ -54,7 +54,7 @@ def validation_set(work):
 def test_the_saved_model_is_the_averaged_one_that_was_validated(ema_run, demo, tmp_path):
     from kit import model
 
-    assert json.loads((ema_run / "model/config.json").read_text())["settings"]["ema"] is True
+    assert json.loads((ema_run / "model/config.json").read_text())["recipe"]["ema"] is True
     history = pd.read_csv(ema_run / "model/history_fold0.csv")
     best = history.iloc[int(history["val_dice"].to_numpy().argmax())]  # the first best
     net = saved(ema_run)

@@ -24,8 +24,8 @@ def test_mobilenetv2_from_a_weights_file_to_a_submission(demo, tmp_path):
                "--encoder-weights", weights, "--freeze-encoder-epochs", 1, "--epochs", 1,
                "--image-size", 64, 96, *TINY)
     config = json.loads((work / "model/config.json").read_text())
-    assert config["settings"]["encoder"] == "mobilenetv2"
-    assert config["settings"]["encoder_weights"] == str(weights)
+    assert config["recipe"]["encoder"] == "mobilenetv2"
+    assert config["options"]["encoder_weights"] == str(weights)
     saved = keras.models.load_model(work / "model/fold0.keras", compile=False, safe_mode=True)
     assert saved.input_shape[1:3] == (64, 96)
     encoder = encoders.encoder_of(saved)

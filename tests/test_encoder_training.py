@@ -89,12 +89,16 @@ def test_the_encoder_warms_up_frozen_and_resumes_at_the_switch(demo, tmp_path, m
 
     # The last epoch's weights are saved, not the best one's: the tiny runs' scores are ties.
     monkeypatch.setattr(callbacks.TrainingState, "load_best", lambda self, model: False)
+    import train
+
+    monkeypatch.setattr(train, "ENCODERS", {**train.ENCODERS, "tiny": "tiny.h5"})  # choices
     monkeypatch.setitem(encoders.ENCODERS, "tiny",
-                        encoders.Encoder(tiny_backbone, ("s1", "s2", "s3", "s4"), "tf", "tiny.h5"))
+                        encoders.Encoder(tiny_backbone, ("s1", "s2", "s3", "s4"), "tf"))
     whole = tmp_path / "whole"
     copy_arrays(demo[1], whole)
     keras.utils.set_random_seed(1)  # as train_fold seeds fold 0 of --seed 1
-    start = encoders.encoder_of(encoders.build("tiny", (32, 64), 1, 1, None, 4)).get_weights()
+    start = encoders.encoder_of(training.model.encoder_unet("tiny", (32, 64), 1, 1, None,
+                                                            4)).get_weights()
     run_train(whole, "--seed", 1)
     net, uninterrupted = saved_weights(whole)
     moved = [

@@ -26,7 +26,7 @@ def test_a_gated_model_has_a_presence_output_and_loads_back(kind, tmp_path):
     if kind == "unet":
         net = unet.build_unet((32, 32), width=4, depth=2, mean=100.0, std=20.0, gate=True)
     else:
-        net = encoders.build("mobilenetv2", (32, 32), decoder_width=4, head=unet.presence_head)
+        net = unet.encoder_unet("mobilenetv2", (32, 32), width=4, gate=True)
     assert net.output_names == [unet.MASK, unet.PRESENCE]
     assert unet.has_presence(net) and unet.mask_shape(net) == (None, 32, 32, 1)
     assert unet.classes_of(net) == 1
@@ -221,7 +221,7 @@ def test_train_and_predict_with_the_gate(demo, tmp_path):
     work = arrays_of(demo, tmp_path / "work")
     train(work, "--gate")
     config = json.loads((work / "model/config.json").read_text())
-    assert config["settings"]["gate"] is True
+    assert config["recipe"]["gate"] is True
     assert config["presence_threshold"] in [0.0, *inference.PRESENCE_THRESHOLDS]
     history = pd.read_csv(work / "model/history_fold0.csv")
     assert {"dice", "val_dice", "presence_loss", "val_presence_loss"} <= set(history)
@@ -268,8 +268,9 @@ def test_an_encoder_unet_trains_with_the_gate(demo, tmp_path, monkeypatch):
             x = layers.Conv2D(4, 3, strides=2, padding="same", name=f"s{i}")(x)
         return Model(inputs, x, name="tiny")
 
+    monkeypatch.setattr(script, "ENCODERS", {**script.ENCODERS, "tiny": "tiny.h5"})  # choices
     monkeypatch.setitem(encoders.ENCODERS, "tiny",
-                        encoders.Encoder(tiny_backbone, ("s1", "s2", "s3", "s4"), "tf", "tiny.h5"))
+                        encoders.Encoder(tiny_backbone, ("s1", "s2", "s3", "s4"), "tf"))
     work = arrays_of(demo, tmp_path / "work")
     script.main([
         str(a) for a in ("--workdir", work, "--encoder", "tiny", "--gate", "--image-size", 32, 64,
@@ -279,7 +280,7 @@ def test_an_encoder_unet_trains_with_the_gate(demo, tmp_path, monkeypatch):
     net = keras.models.load_model(work / "model/fold0.keras", compile=False)
     assert unet.has_presence(net) and encoders.encoder_of(net) is not None
     assert "val_dice" in pd.read_csv(work / "model/history_fold0.csv")
-    assert json.loads((work / "model/config.json").read_text())["settings"]["gate"] is True
+    assert json.loads((work / "model/config.json").read_text())["recipe"]["gate"] is True
 
 
 REFUSED = {

@@ -78,7 +78,7 @@ def test_weights_of_another_run_load_where_they_fit(tmp_path):
 
     source = unet.build_unet((32, 32), 1, 1, 4, 2, mean=10.0, std=2.0)
     source.save(tmp_path / "binary.keras")
-    target = unet.build_unet((48, 48), 3, 3, 4, 2, mean=100.0, std=50.0)
+    target = unet.build_unet((48, 48), 3, 2, 4, 2, mean=100.0, std=50.0)
     fresh = [w.copy() for w in target.get_weights()]
     unet.load_initial_weights(target, tmp_path / "binary.keras")
 
@@ -88,7 +88,7 @@ def test_weights_of_another_run_load_where_they_fit(tmp_path):
             if isinstance(layer, keras.layers.Conv2D)
         ]
 
-    before = kernels(unet.build_unet((48, 48), 3, 3, 4, 2))
+    before = kernels(unet.build_unet((48, 48), 3, 2, 4, 2))
     for k, (loaded, original, new) in enumerate(zip(kernels(target), kernels(source), before)):
         if k in (0, len(before) - 1):  # 3 channels in, 4 classes out: kept fresh
             assert loaded.shape != original.shape
@@ -119,7 +119,7 @@ def test_a_softmax_unet_end_to_end_on_mixed_sizes_in_colour(tmp_path):
         assert line in result.stdout
     config = json.loads((work / "model" / "config.json").read_text())
     assert set(config["class_scores"]) == {"1", "2"}  # the classes of data.json
-    assert len(config["settings"]["class_weights"]) == 3
+    assert len(config["plan"]["class_weights"]) == 3
 
     run_script("predict.py", "--workdir", work, "-q", "--png", tmp_path / "png")
     masks, test_sizes = np.load(work / "imgs_mask_test.npy"), np.load(work / "imgs_size_test.npy")

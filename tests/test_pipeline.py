@@ -45,16 +45,32 @@ def test_tutorial_preset_is_the_2017_recipe(demo):
 
 
 def test_two_replicas_with_mirrored_strategy(demo, tmp_path):
-    """--gpus 2 on a CPU-only machine splits the CPU into two logical devices."""
+    """--gpus 2 on a CPU-only machine splits the CPU into two logical devices; the two replicas
+    train one model: its loss falls, its weights leave their start, predict.py reads it."""
     import shutil
+
+    import keras
+    import pandas as pd
+
+    from kit import model
 
     raw, work = demo
     copy = tmp_path / "work"
     shutil.copytree(work, copy, ignore=shutil.ignore_patterns("model", "preview", "*.csv"))
-    result = run_script("train.py", "--workdir", copy, "--gpus", 2, "--epochs", 1, "--folds", 3,
-                        "--width", 4, "--depth", 2, "--image-size", 32, 48, "--batch-size", 8)
+    result = run_script("train.py", "--workdir", copy, "--gpus", 2, "--epochs", 4, "--folds", 3,
+                        "--width", 4, "--depth", 2, "--image-size", 32, 48, "--batch-size", 8,
+                        "--no-augment", "--lr", 3e-3, "--seed", 3)
     assert "2 replica(s)" in result.stdout
-    assert (copy / "model" / "fold0.keras").exists()
+    loss = pd.read_csv(copy / "model" / "history_fold0.csv")["loss"]
+    assert len(loss) == 4 and loss.iloc[-1] < loss.iloc[0]
+    trained = keras.models.load_model(copy / "model" / "fold0.keras", compile=False)
+    keras.utils.set_random_seed(3)  # as train_fold seeds fold 0 of --seed 3
+    start = model.build_unet((32, 48), 1, 1, 4, 2)
+    kernels = [(a, b) for a, b in zip(trained.weights, start.weights) if "kernel" in a.path]
+    assert kernels and all(not np.allclose(a, b) for a, b in kernels)
+    run_script("predict.py", "--workdir", copy, "-q")
+    masks, test = np.load(copy / "imgs_mask_test.npy"), np.load(copy / "imgs_test.npy")
+    assert masks.shape == test.shape[:3] and set(np.unique(masks)) <= {0, 1}
 
 
 def test_preset_defaults_give_way_to_any_spelling_of_a_flag(demo):

@@ -250,20 +250,23 @@ def test_an_epoch_cut_short_is_logged_incomplete_and_not_kept(tmp_path):
     assert figures.kept_epoch(logged) == 1
 
 
-def test_a_run_saved_before_an_option_existed_resumes_with_that_option_off(tmp_path):
+def test_resume_names_what_changed_in_the_users_words(tmp_path):
     from kit import callbacks
     from kit.files import UserError
 
-    state = callbacks.TrainingState(tmp_path / "backup", {
-        "--gate": False,
-        "--lr": 0.001
-    }, patience=10, monitor="val_loss")
-    state.check_options({"options": {"--lr": 0.001}})  # saved before --gate existed
-    with pytest.raises(UserError, match="--lr was 0.01"):
-        state.check_options({"options": {"--lr": 0.01}})
-    state.options["--gate"] = True
-    with pytest.raises(UserError, match="--gate was None"):
-        state.check_options({"options": {"--lr": 0.001}})
+    data = {"frames": 10, "shape": [32, 48], "classes": 1, "checksum": 5}
+    saved = {"recipe": {"lr": 0.001, "image_size": [32, 48]}, "data": data}  # before --gate
+    same = {"recipe": {"lr": 0.001, "image_size": (32, 48), "gate": False}, "data": data}
+    callbacks.check_same_run(saved, same, tmp_path)  # a new setting at its default
+    with pytest.raises(UserError, match="--gate was False in the interrupted run, now True"):
+        callbacks.check_same_run(saved, {**same, "recipe": {"gate": True}}, tmp_path)
+    with pytest.raises(UserError, match="--lr was 0.001 in the interrupted run, now 0.01"):
+        callbacks.check_same_run(saved, {**same, "recipe": {"lr": 0.01}}, tmp_path)
+    with pytest.raises(UserError, match=r"training arrays changed since the interrupted run "
+                       r"\(12 frames, was 10\): run `python data.py` as before"):
+        callbacks.check_same_run(saved, {**same, "data": {**data, "frames": 12}}, tmp_path)
+    with pytest.raises(UserError, match="10 frames of other contents"):
+        callbacks.check_same_run(saved, {**same, "data": {**data, "checksum": 6}}, tmp_path)
 
 
 def test_with_a_time_limit_early_stopping_waits_for_half_the_planned_epochs(tmp_path):
@@ -330,22 +333,59 @@ def test_without_epochs_a_time_limit_plans_as_many_epochs_as_fit_uncapped(monkey
     assert not planner.model.stop_training
 
 
+def phases_run(**recipe):
+    from kit.recipe import Plan, Recipe
+
+    epochs = recipe.pop("epochs", None)
+    plan = Plan(size=(32, 32), classes=1, channels=1, loss="bce_dice", class_weights=None,
+                precision="float32", folds=(0,), epochs=epochs, patience=None)
+    return types.SimpleNamespace(recipe=Recipe(encoder="mobilenetv2", **recipe), plan=plan)
+
+
+def recorded_fits(monkeypatch, planner, net, grows_to):
+    from kit import training
+
+    fits, unfrozen = [], []
+
+    def fit(run, fold, net, data, chain, first, last):
+        fits.append((first, last))
+        planner.planned_epochs = grows_to  # the pace, once timed, buys more than the guess
+        net.stop_training = last >= grows_to  # PlanEpochs stops the fit that reaches its plan
+
+    monkeypatch.setattr(training, "fit", fit)
+    monkeypatch.setattr(training, "unfreeze", lambda *a: unfrozen.append(len(fits)))  # fits before
+    return fits, unfrozen
+
+
 def test_a_plan_that_grows_past_the_epochs_of_its_fit_goes_on_in_another_fit(monkeypatch):
     from kit import training
 
     planner = types.SimpleNamespace(planned_epochs=5)
     net = types.SimpleNamespace(stop_training=False)
-    fits = []
-
-    def fit(s, fold, net, data, chain, first, last):
-        fits.append((first, last))
-        planner.planned_epochs = 12  # the pace, once timed, buys more than the budget's guess
-        net.stop_training = last >= 12  # PlanEpochs stops the fit that reaches its plan
-
-    monkeypatch.setattr(training, "fit", fit)
-    training.fit_planned(types.SimpleNamespace(epochs=None), 0, net, None, [], 0, planner)
+    fits, _ = recorded_fits(monkeypatch, planner, net, grows_to=12)
+    training.train_phases(phases_run(), 0, net, None, [], 0, None, planner, False)
     assert fits == [(0, 5), (5, 12)]
     fits.clear()
     planner.planned_epochs, net.stop_training = 5, False
-    training.fit_planned(types.SimpleNamespace(epochs=5), 0, net, None, [], 0, planner)
+    training.train_phases(phases_run(epochs=5), 0, net, None, [], 0, None, planner, False)
     assert fits == [(0, 5)]  # --epochs caps: one fit, never more
+
+
+def test_a_frozen_encoder_trains_alone_then_the_whole_network_goes_on(monkeypatch):
+    from kit import training
+
+    planner = types.SimpleNamespace(planned_epochs=6)
+    net = types.SimpleNamespace(stop_training=False)
+    fits, unfrozen = recorded_fits(monkeypatch, planner, net, grows_to=6)
+    run = phases_run(freeze_encoder_epochs=2, epochs=6)
+    training.train_phases(run, 0, net, None, [], 0, None, planner, True)
+    assert fits == [(0, 2), (2, 6)] and unfrozen == [1]  # unfrozen once, at the switch
+    fits.clear(), unfrozen.clear()
+    net.stop_training = False
+    training.train_phases(run, 0, net, None, [], 2, None, planner, True)  # resumed at it
+    assert fits == [(2, 6)] and unfrozen == [0]
+    fits.clear(), unfrozen.clear()
+    net.stop_training = False
+    few = phases_run(freeze_encoder_epochs=4, epochs=3)  # the cap comes first: never unfrozen
+    training.train_phases(few, 0, net, None, [], 0, None, planner, True)
+    assert fits == [(0, 3)] and not unfrozen

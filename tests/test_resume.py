@@ -126,20 +126,49 @@ def test_time_limit_ends_the_run_cleanly(demo, tmp_path):
                 ]  # no temporaries left
 
 
-def test_resume_trains_the_folds_the_budget_chose_for_the_interrupted_run(tmp_path):
-    """Under a time limit the budget chooses the folds; --resume must not choose anew (its
-    size is not planned anew either, so there is no plan to choose from)."""
-    import argparse
+def test_resume_trains_the_folds_and_size_the_budget_chose_for_the_interrupted_run(tmp_path):
+    """Under a time limit the budget chooses the size and the folds; --resume must not choose
+    anew, and times no step."""
 
-    import train
-    backup = tmp_path / "model" / "backup_fold1"
-    backup.mkdir(parents=True)
-    options = {"--budget-folds": 3, "--input-size": [32, 48]}
-    (backup / "state.json").write_text(json.dumps({"options": options}))
-    args = argparse.Namespace(fold=None, resume=True, plan=None, folds=5, workdir=tmp_path)
-    assert train.folds_to_train(args, None) == [0, 1, 2]
-    assert train.interrupted_option(args, "--input-size") == [32, 48]
-    args.resume = False
-    assert train.folds_to_train(args, None) == [0]  # afresh, no plan: fold 0
-    with pytest.raises(train.UserError, match="pass --resume"):
-        train.folds_to_train(args, [1])  # --fold 1 was interrupted
+    from kit import budget, dataset
+    from kit.recipe import Options, Plan, Recipe
+
+    masks = np.zeros((6, 64, 96), np.uint8)
+    masks[:, 20:40, 30:60] = 1
+    frames = dataset.Frames(masks * 100, masks, np.arange(6), np.tile((64, 96), (6, 1)), False, 1)
+    saved = Plan(size=(32, 48), classes=1, channels=1, loss="bce_dice", class_weights=None,
+                 precision="float32", folds=(0, 1, 2), epochs=None, patience=None,
+                 sizing={"objects_size": [32, 48]})
+
+    def timer(size, plan):
+        raise AssertionError("a resumed run times no step")
+
+    recipe, resumed = Recipe(folds=5), Options(workdir=tmp_path, time_limit=600, resume=True)
+    plan = budget.plan_run(recipe, resumed, frames, "float32", timer, 1.0, saved)
+    assert plan.folds == (0, 1, 2) and plan.size == (32, 48) and plan.epochs is None
+    assert plan.train_until == budget.TRAINING_SHARE * 600
+    named = Options(workdir=tmp_path, time_limit=600, resume=True, fold="4")
+    assert budget.plan_run(recipe, named, frames, "float32", timer, 1.0, saved).folds == (4,)
+    afresh = budget.plan_run(recipe, Options(workdir=tmp_path), frames, "float32", timer, 0)
+    assert afresh.folds == (0,) and afresh.epochs == 60 and afresh.patience == 15  # no limit
+
+
+def test_a_run_afresh_over_an_interrupted_one_is_refused(tmp_path):
+    import dataclasses
+
+    from kit import callbacks, training
+    from kit.files import UserError
+    from kit.recipe import Options, Plan, Recipe
+
+    plan = Plan(size=(32, 48), classes=1, channels=1, loss="bce_dice", class_weights=None,
+                precision="float32", folds=(1,), epochs=2, patience=15)
+    data = {"frames": 10, "shape": [64, 96], "classes": 1, "checksum": 1}
+    recipe = Recipe(epochs=2)
+    run = {"recipe": dataclasses.asdict(recipe), "data": data, "plan": plan.to_dict()}
+    callbacks.TrainingState(tmp_path / "model" / "backup_fold1", run, 15).save()
+    with pytest.raises(UserError, match="holds an interrupted run: pass --resume"):
+        training.interrupted_plan(recipe, Options(workdir=tmp_path), data)
+    resumed = training.interrupted_plan(recipe, Options(workdir=tmp_path, resume=True), data)
+    assert resumed == plan
+    with pytest.raises(UserError, match="--epochs was 2 in the interrupted run, now 3"):
+        training.interrupted_plan(Recipe(epochs=3), Options(workdir=tmp_path, resume=True), data)

@@ -1,5 +1,5 @@
 """Large images: tiles blended without seams, tiled against whole-image predictions, patches
-in training and tiles in prediction end to end. (Memory on a 6000x4000 image: bench_tiles.py.)"""
+in training and tiles in prediction end to end. (Memory on a 6000x4000 image: bench/tiles.py.)"""
 
 import json
 

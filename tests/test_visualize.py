@@ -77,7 +77,7 @@ def test_validation_frames_are_the_trained_folds_and_predicted_by_their_own_mode
     table = pd.read_csv(work / "model" / "validation.csv")
     config = json.loads((work / "model" / "config.json").read_text())
     subjects = np.load(work / "imgs_subject_train.npy")
-    folds = dataset.subject_folds(subjects, config["settings"]["folds"], config["settings"]["seed"])
+    folds = dataset.subject_folds(subjects, config["recipe"]["folds"], config["recipe"]["seed"])
     assert sorted(table["index"]) == list(range(len(subjects)))  # --fold all: every frame, once
     assert (table["fold"] == folds[table["index"]]).all() and set(table["fold"]) == {0, 1, 2}
     assert np.isclose(table["dice"].mean(), config["validation_dice"])
