@@ -1,8 +1,8 @@
 """Speed benchmark: each stage of the kit beside the 2017 Keras tutorial's way, same data, same
 machine.
 
-    python bench.py            # the competition's volume: 5,635 training pairs, 5,508 test images
-    python bench.py --quick    # a tenth of it, for a quick look
+    python bench/speed.py          # the competition's volume: 5,635 training pairs, 5,508 tests
+    python bench/speed.py --quick  # a tenth of it, for a quick look
 
 The images are the real ones in ../shared/data/nerve-kaggle-sample, repeated to the volume.
 Each (stage, way) runs in a fresh process, so that its peak memory is its own: peak RSS from the
@@ -10,18 +10,13 @@ kernel (memory-mapped file pages count) and peak anonymous memory (sampled). Tim
 not the interpreter's start or the imports. On a shared machine, --repeat 2 keeps the faster of
 two runs of each way. A second table sets the network's stages beside the FLOP floor: its
 convolutions at the best rate a lone 3x3 convolution reaches on this machine (CPU or GPU).
-The stages and the tutorial's ways:
-  data        LZW TIFFs -> .npy: a serial loop filling preallocated arrays, then np.save
-              (the tutorial read with skimage.io.imread, which needs imagecodecs for LZW: PIL here)
-  train       training steps at the tutorial's architecture and input (train.py --preset tutorial):
-              float32 model.fit on preprocessed NumPy arrays, shuffle=True
-  predict     test arrays -> final full-size masks: skimage resize to 96x96 per image, float32
-              model.predict, then per mask the tutorial's threshold at 0.5 and cv2.resize to 580x420
-  submission  full-size masks -> CSV: np.load, sort by id, run-length encode each mask with lists
+
+This file is the harness (volumes, fixtures, timing, the tables, the command line) and the kit's
+way of each stage (data, train, predict, submission): what data.py, train.py, predict.py and
+submission.py do. The tutorial's way of each stage is in bench/tutorial.py, beside this file.
 """
 
 import argparse
-import itertools
 import json
 import os
 import shutil
@@ -35,6 +30,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the kit's library, kit/
+import tutorial  # noqa: E402  (bench/tutorial.py, beside this file: the tutorial's way)
+
 SAMPLE = ROOT.parent / "shared" / "data" / "nerve-kaggle-sample"
 WORK = ROOT / "work" / "bench"
 SHAPE = (420, 580)
@@ -51,7 +48,7 @@ RESULT = "BENCH "  # prefix of the JSON line a measured process prints
 
 
 def get_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a tenth of the volume")
     p.add_argument("--stages", nargs="+", default=["data", "train", "predict", "submission"],
@@ -179,36 +176,9 @@ def data_kit(base, v):
 
 
 def data_tutorial(base, v):
-    from PIL import Image
-
-    raw, out = base / "raw", base / "data-tutorial"
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    # Training pairs: one preallocated array each for images and masks, filled in directory order.
-    names = os.listdir(raw / "train")
-    total = len(names) // 2
-    images = np.ndarray((total, *SHAPE), dtype=np.uint8)
-    masks = np.ndarray((total, *SHAPE), dtype=np.uint8)
-    i = 0
-    for name in names:
-        if "mask" in name:
-            continue
-        images[i] = np.array(Image.open(raw / "train" / name))
-        masks[i] = np.array(Image.open(raw / "train" / name.replace(".tif", "_mask.tif")))
-        i += 1
-    np.save(out / "imgs_train.npy", images)
-    np.save(out / "imgs_mask_train.npy", masks)
-    del images, masks
-    names = os.listdir(raw / "test")
-    tests = np.ndarray((len(names), *SHAPE), dtype=np.uint8)
-    ids = np.ndarray((len(names), ), dtype=np.int32)
-    for i, name in enumerate(names):
-        tests[i] = np.array(Image.open(raw / "test" / name))
-        ids[i] = int(name.split(".")[0])
-    np.save(out / "imgs_test.npy", tests)
-    np.save(out / "imgs_id_test.npy", ids)
-    report(images=2 * total + len(names), seconds=time.perf_counter() - started,
-           output_bytes=npy_bytes(out))
+    out = base / "data-tutorial"
+    images, seconds = tutorial.convert(base / "raw", out, SHAPE)
+    report(images=images, seconds=seconds, output_bytes=npy_bytes(out))
 
 
 # ---------------------------------------------------------------- train
@@ -241,7 +211,7 @@ def step_timer(keras):
 def train_run(v, precision, make_inputs):
     """Train the tutorial's network and report the steady-state rate of its steps."""
     from kit import model as unet
-    from kit.training import PRESETS
+    from kit.recipe import PRESETS
 
     keras = unet.keras
     t = PRESETS["tutorial"]
@@ -262,25 +232,13 @@ def train_run(v, precision, make_inputs):
 
 
 def train_tutorial(base, v):
-    from skimage.transform import resize
-
     images, masks = training_frames(v)
 
     def make_inputs(t):
-
-        def preprocess(stack):
-            out = np.ndarray((len(stack), *t["image_size"]), dtype=np.uint8)
-            for i in range(len(stack)):
-                out[i] = resize(stack[i], t["image_size"], preserve_range=True, anti_aliasing=False)
-            return out[..., None]
-
-        x = preprocess(images).astype("float32")
-        x = (x - x.mean()) / x.std()
-        y = preprocess(masks * 255).astype("float32") / 255.0
+        x, y = tutorial.training_arrays(images, masks, t["image_size"])
 
         def fit(model, epochs, timer):
-            model.fit(x, y, batch_size=t["batch_size"], epochs=epochs, shuffle=True, verbose=0,
-                      callbacks=[timer])
+            tutorial.fit(model, x, y, t["batch_size"], epochs, [timer])
 
         return fit, 0.0, 1.0
 
@@ -360,7 +318,8 @@ def predict_setup(base, v):
     """One set of weights (built in float32), and the kit's model with them under its precision,
     saved with the config train.py would write for the tutorial's post-processing."""
     from kit import config, model as unet
-    from kit.training import PRESETS, choose_precision
+    from kit.recipe import PRESETS
+    from kit.training import choose_precision
 
     t = PRESETS["tutorial"]
     unet.keras.utils.set_random_seed(0)
@@ -410,36 +369,14 @@ def predict_kit_float32(base, v):
 
 
 def predict_tutorial(base, v):
-    import cv2
-    from skimage.transform import resize
-    from kit import model as unet
-    from kit.training import PRESETS
+    from kit.recipe import PRESETS
 
-    t = PRESETS["tutorial"]
     work = workdir(base, "predict-tutorial")
-    started = time.perf_counter()
-    images = np.load(base / "arrays" / "imgs_test.npy")
-    x = np.ndarray((len(images), *t["image_size"]), dtype=np.uint8)
-    for i in range(len(images)):
-        x[i] = resize(images[i], t["image_size"], preserve_range=True, anti_aliasing=False)
-    x = x[..., None].astype("float32")  # (normalised inside the model, as the kit's)
-    model = unet.build_unet(t["image_size"], 1, 1, t["width"], t["depth"], t["dropout"],
-                            t["batchnorm"], 100.0, 50.0)
-    model.load_weights(base / "arrays" / "unet.weights.h5")
-    # The float32 forward pass is timed on the first images and scaled to all; the rest runs on all.
-    n = min(v["forward"], len(x))
-    forward_started = time.perf_counter()
-    probs = model.predict(x[:n], batch_size=32, verbose=0)
-    forward = time.perf_counter() - forward_started
-    probs = np.resize(probs, (len(x), *probs.shape[1:]))
-    masks = np.ndarray((len(x), *SHAPE), dtype=np.uint8)
-    for i in range(len(probs)):
-        binary = cv2.threshold(probs[i, :, :, 0], 0.5, 1.0, cv2.THRESH_BINARY)[1].astype(np.uint8)
-        masks[i] = cv2.resize(binary, SHAPE[::-1])
-    np.save(work / "imgs_mask_test.npy", masks)
-    seconds = time.perf_counter() - started + forward * (len(x) / n - 1)
-    report(images=len(x), seconds=seconds, output_bytes=npy_bytes(work), gflop=forward_gflop(model),
-           precision="float32", note=f"forward pass timed on {n} of {len(x)} images")
+    images, seconds, model, timed = tutorial.predict(base / "arrays", work, PRESETS["tutorial"],
+                                                     SHAPE, v["forward"])
+    report(images=images, seconds=seconds, output_bytes=npy_bytes(work),
+           gflop=forward_gflop(model), precision="float32",
+           note=f"forward pass timed on {timed} of {images} images")
 
 
 # ---------------------------------------------------------------- submission
@@ -461,33 +398,10 @@ def submission_kit(base, v):
            output_bytes=(work / "submission.csv").stat().st_size)
 
 
-def tutorial_rle(mask):
-    """The tutorial's encoder: indices of the set pixels of the transposed mask, cut where they
-    jump, pairs built as Python lists; under 10 pixels counts as empty."""
-    on = np.where(mask.T.flatten() > 0)[0]
-    if len(on) < 10:
-        return ""
-    cuts = np.where(np.diff(on) > 1)[0]
-    starts = np.insert(on[cuts + 1], 0, on[0])
-    ends = np.append(on[cuts], on[-1])
-    pairs = [[s + 1, e - s + 1] for s, e in zip(list(starts), list(ends))]
-    return " ".join(str(n) for n in itertools.chain.from_iterable(pairs))
-
-
 def submission_tutorial(base, v):
     work = workdir(base, "submission-tutorial")
-    started = time.perf_counter()
-    ids = np.load(base / "arrays" / "imgs_id_test.npy")
-    masks = np.load(base / "arrays" / "imgs_mask_test.npy")
-    order = np.argsort(ids)
-    ids, masks = ids[order], masks[order]
-    rles = [tutorial_rle(mask) for mask in masks]
-    with open(work / "submission.csv", "w") as f:
-        f.write("img,pixels\n")
-        for i, rle in zip(ids, rles):
-            f.write(f"{i},{rle}\n")
-    report(images=len(ids), seconds=time.perf_counter() - started,
-           output_bytes=(work / "submission.csv").stat().st_size)
+    images, seconds = tutorial.submission(base / "arrays", work / "submission.csv")
+    report(images=images, seconds=seconds, output_bytes=(work / "submission.csv").stat().st_size)
 
 
 # ---------------------------------------------------------------- the machine

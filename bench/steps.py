@@ -25,7 +25,7 @@ keras = training.keras
 
 
 def get_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--size", type=int, nargs=2, default=[144, 208], metavar=("H", "W"),
                    help="working size")

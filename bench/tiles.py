@@ -1,7 +1,7 @@
 """Memory benchmark: predict.py --tile on a synthetic image far larger than the working size.
 
-    python bench_tiles.py                          # one 6000x4000 test image
-    python bench_tiles.py --size 12000 8000 --tile 512 --overlap 64
+    python bench/tiles.py                          # one 6000x4000 test image
+    python bench/tiles.py --size 12000 8000 --tile 512 --overlap 64
 
 Writes a small synthetic set of bright discs on a speckled background (training images of
 --train-size, one test image of --size with its mask) into --workdir, runs data.py,
