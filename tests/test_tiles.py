@@ -111,3 +111,19 @@ def test_patches_in_training_and_tiles_in_prediction(tmp_path):
     assert (larger == default).mean() > 0.97  # the tile size barely matters
     result = run_script("submission.py", "--workdir", work)
     assert "class 1: Dice" in result.stdout
+
+
+def test_patch_batches_never_repeat_their_augmentation_from_one_epoch_to_the_next():
+    """Each batch of --patch training is augmented from its own step number: with one image the
+    size of the patch, every batch holds the same pixels before augmentation, so equal batches
+    would mean equal flips and elastic fields."""
+    from kit import dataset
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (1, 32, 32), dtype=np.uint8)
+    masks = (images > 128).astype(np.uint8)
+    steps = dataset.patches_per_epoch(np.array([[32, 32]]), 32, 4) // 4
+    stream = dataset.random_patches(images, masks, np.array([[32, 32]]), 32, 4, 0, 1)
+    batches = [x.numpy() for x, _ in stream.take(3 * steps)]
+    assert steps == 1 and len(batches) == 3  # an epoch of one batch: batch 0 of every epoch
+    assert not np.allclose(batches[0], batches[1]) and not np.allclose(batches[1], batches[2])
