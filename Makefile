@@ -8,7 +8,7 @@ DEMO_FLAGS := --raw $(DEMO)/raw --workdir $(DEMO)
 KAGGLE ?= $(VENV)/bin/kaggle
 KERNEL := build/kernel
 
-.PHONY: demo test bench clean kaggle-push kaggle-run
+.PHONY: demo test test-fast bench clean kaggle-push kaggle-run
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
+
+# The unit tests alone: no script run as a subprocess, no training (the `slow` marker, see
+# tests/conftest.py).
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" tests
 
 # Each stage beside the 2017 tutorial's way, on the real images in ../shared/data (about 15 minutes
 # on 2 CPU cores; BENCH_FLAGS=--quick for a tenth of the volume).

@@ -15,7 +15,7 @@ from kit import budget, callbacks, dataset, encoders, evaluation, model
 from kit.cli import import_tensorflow
 from kit.files import UserError, atomic_path
 from kit.images import resize_stack
-from kit.recipe import ENCODERS, Plan
+from kit.recipe import ENCODERS, Options, Plan, Recipe
 
 tf = import_tensorflow()
 import keras  # noqa: E402
@@ -29,11 +29,11 @@ class Run:
     """One training run: what was asked (kit/recipe.py's Recipe and Options), what it planned
     (Plan), the training data's fingerprint, and the devices it trains on."""
 
-    recipe: object
-    options: object
-    plan: object
-    data: dict
-    strategy: object
+    recipe: Recipe
+    options: Options
+    plan: Plan
+    data: dict  # dataset.Frames.fingerprint()
+    strategy: object  # a tf.distribute strategy
 
     @property
     def model_dir(self):

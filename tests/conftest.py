@@ -10,9 +10,43 @@ SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
 
+# `make test-fast` runs `pytest -m "not slow"`: the unit tests, without the tests that run the
+# scripts as subprocesses or train (pytest.ini registers the marker). A test that runs a script
+# (run_script), trains for more than a step or two, or works through a competition's volume is
+# marked slow: `pytestmark = pytest.mark.slow` where a whole file is, @pytest.mark.slow where a
+# file mixes. One that needs the demo competition or its trained models (the demo and
+# trained_demo fixtures, directly or through a fixture of its own) is marked here, and a test
+# left unmarked that runs a script fails in `make test-fast` (check_marked_slow).
+SLOW_FIXTURES = {"demo", "trained_demo"}
+running = []  # the test being set up, run or torn down
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by the marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    running[:] = [item]  # before its fixtures, which may run scripts too
+
+
+def check_marked_slow(script):
+    """In a run that leaves the slow tests out, a script run by a test not marked slow fails that
+    test, rather than quietly slowing down the fast lane."""
+    item = running[0] if running else None
+    if (item is not None and "slow" in (item.config.getoption("markexpr") or "")
+            and item.get_closest_marker("slow") is None):
+        pytest.fail(f"{item.nodeid} runs {script}: mark it @pytest.mark.slow (tests/conftest.py)",
+                    pytrace=False)
+
+
 def run_script(script, *args, check=True, env=None):
     """Run one of the kit's scripts as a user would, from the project root.
     env: its whole environment (default: this one, outside any Kaggle notebook)."""
+    check_marked_slow(script)
     if env is None:
         env = {k: v for k, v in os.environ.items() if k != "KAGGLE_KERNEL_RUN_TYPE"}
     env = {**env, "PYTHONUNBUFFERED": "1"}

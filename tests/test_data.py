@@ -5,8 +5,11 @@ import zipfile
 
 import cv2
 import numpy as np
+import pytest
 
 from conftest import run_script, shared
+
+pytestmark = pytest.mark.slow  # every test here runs a script (tests/conftest.py)
 
 OUTPUTS = [
     "imgs_train.npy", "imgs_mask_train.npy", "imgs_subject_train.npy", "imgs_test.npy",

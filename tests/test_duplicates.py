@@ -4,6 +4,7 @@ import csv
 
 import cv2
 import numpy as np
+import pytest
 
 from conftest import run_script, shared
 from kit import duplicates
@@ -72,6 +73,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_data_py_lists_the_pairs_and_drops_the_empty_member(tmp_path):
     images, masks, subjects = frames()
     raw, work = tmp_path / "raw", tmp_path / "work"
@@ -92,6 +94,7 @@ def test_data_py_lists_the_pairs_and_drops_the_empty_member(tmp_path):
     assert [r["dropped"] for r in read_csv(work / duplicates.NAME)] == ["", ""]
 
 
+@pytest.mark.slow
 def test_real_frames_of_subjects_1_and_2(tmp_path):
     """The three repeated views of subject 1 annotated once with the nerve, once without
     (1_9 and 1_14 are the same picture); the repeats whose masks agree are not listed."""

@@ -136,6 +136,7 @@ def converted(tmp_path_factory):
     return base
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", DATA_CASES)
 def test_data_refuses(case, converted, tmp_path):
     spoil, words = DATA_CASES[case]
@@ -146,6 +147,7 @@ def test_data_refuses(case, converted, tmp_path):
     assert not (tmp_path.parent / "escaped.txt").exists()
 
 
+@pytest.mark.slow
 def test_data_unwritable_workdir(converted, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -154,12 +156,14 @@ def test_data_unwritable_workdir(converted, tmp_path):
                             [str(blocker), "check the path"], tmp_path)
 
 
+@pytest.mark.slow
 def test_traceback_only_with_verbose(converted, tmp_path):
     result = run_script("data.py", "--raw", tmp_path / "none", "--workdir", tmp_path / "work", "-v",
                         check=False)
     assert result.returncode != 0 and "Traceback" in result.stderr and "UserError" in result.stderr
 
 
+@pytest.mark.slow
 def test_colour_images_are_converted_and_said(converted, tmp_path):
     raw = make_competition(tmp_path / "raw")
     gray = cv2.imread(str(raw / "train/2_1.tif"), cv2.IMREAD_UNCHANGED)

@@ -70,6 +70,7 @@ def dead_proxy():
 # ---------------------------------------------------------------- success
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["new notebook, t4x2", "earlier version, cpu, own slug"])
 def test_push_follow_fetch_submit(env, stub, tmp_path, case):
     stub.outputs = outputs()
@@ -130,6 +131,7 @@ def test_push_follow_fetch_submit(env, stub, tmp_path, case):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "home", "out"]  # no scratch
 
 
+@pytest.mark.slow
 def test_a_running_version_is_followed_not_pushed_again(env, stub, tmp_path):
     stub.kernel_exists = True  # pushed by an earlier make kaggle-run, still running
     stub.kernel_statuses = ["RUNNING", "RUNNING", "COMPLETE"]
@@ -143,6 +145,7 @@ def test_a_running_version_is_followed_not_pushed_again(env, stub, tmp_path):
     assert stub.calls("CreateSubmission") == []  # no --submit, no submission
 
 
+@pytest.mark.slow
 def test_an_output_named_outside_the_folder_is_refused(env, stub, tmp_path):
     stub.outputs = {**outputs(), "../escaped.txt": b"gotcha"}
     out = tmp_path / "out"
@@ -157,6 +160,7 @@ def test_an_output_named_outside_the_folder_is_refused(env, stub, tmp_path):
 # ---------------------------------------------------------------- the notebook fails
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["error", "cancelled"])
 def test_failed_notebook_shows_its_log_tail(env, stub, tmp_path, how):
     lines = [f"epoch {i}/30" for i in range(1, 31)]
@@ -191,6 +195,7 @@ def test_failed_notebook_shows_its_log_tail(env, stub, tmp_path, how):
 # ---------------------------------------------------------------- refused before or by Kaggle
 
 
+@pytest.mark.slow
 def test_unknown_accelerator_sends_nothing(env, stub, tmp_path):
     result = kaggle_run(env, tmp_path, "--accelerator", "h100")
     message = check_error(result, "unknown accelerator 'h100'", "t4x2", "p100", "cpu")
@@ -198,6 +203,7 @@ def test_unknown_accelerator_sends_nothing(env, stub, tmp_path):
     assert stub.requests == [] and not (tmp_path / "build").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["401", "403", "no server"])
 def test_errors_are_one_line(stub, tmp_path, case):
     env = user_env(tmp_path, dead_proxy() if case == "no server" else stub.url)
@@ -215,6 +221,7 @@ def test_errors_are_one_line(stub, tmp_path, case):
         check_error(kaggle_run(env, tmp_path), "cannot reach Kaggle")
 
 
+@pytest.mark.slow
 def test_first_status_check_refused_means_push(env, stub, tmp_path):
     """Kaggle may answer 403 rather than 404 for a notebook that does not exist yet."""
     stub.outputs = outputs()

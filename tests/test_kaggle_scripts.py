@@ -20,6 +20,8 @@ from kaggle_stub import (
     user_env,
     zip_bytes)
 
+pytestmark = pytest.mark.slow  # every test here runs a script (tests/conftest.py)
+
 SLUG = "ultrasound-nerve-segmentation"
 
 

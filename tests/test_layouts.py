@@ -5,10 +5,13 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import run_script, shared
 from folder_sets import read_gray, read_labels, write_pairs
+
+pytestmark = pytest.mark.slow  # every test here runs a script (tests/conftest.py)
 
 
 def convert(work, *flags, check=True):

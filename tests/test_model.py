@@ -38,6 +38,7 @@ def test_losses_are_lowest_for_a_perfect_prediction(name):
     assert perfect < half < wrong
 
 
+@pytest.mark.slow  # 48 training steps
 def test_a_few_steps_learn_a_bright_square():
     import keras
 

@@ -102,6 +102,7 @@ def test_weights_of_another_run_load_where_they_fit(tmp_path):
         unet.load_initial_weights(target, tmp_path / "missing.keras")
 
 
+@pytest.mark.slow
 def test_a_softmax_unet_end_to_end_on_mixed_sizes_in_colour(tmp_path):
     sizes = [(48, 64), (64, 48), (56, 56)] * 6
     write_pairs(tmp_path / "img", tmp_path / "msk", sizes, classes=2)
@@ -139,6 +140,7 @@ def test_a_softmax_unet_end_to_end_on_mixed_sizes_in_colour(tmp_path):
             assert np.array_equal(rle_decode(rows[f"{i}_{c}"], (h, w)), mask[:h, :w] == c)
 
 
+@pytest.mark.slow
 def test_real_nerve_ultrasound_three_labels(tmp_path):
     """usgra-nerve: palette masks 0 background, 1 nerve, 2 vessel; RGB and gray images of three
     sizes."""

@@ -24,6 +24,8 @@ from kit.rle import read_submission, rle_decode
 sys.path.insert(0, str(Path(__file__).parent))  # for kaggle_stub, whatever pytest's import mode
 from kaggle_stub import USER, competition_zip, tiny_competition, user_env  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here runs a script or make (tests/conftest.py)
+
 SLUG = "ultrasound-nerve-segmentation"
 LAYOUTS = [SLUG, f"competitions/{SLUG}"]  # both are mounted in the wild
 

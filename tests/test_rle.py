@@ -79,6 +79,7 @@ def random_masks(n, h, w, seed=0):
     return masks
 
 
+@pytest.mark.slow  # a competition's volume: 1200 masks of 420x580
 def test_thousands_of_full_size_masks_survive_the_csv(tmp_path):
     masks = random_masks(1200, 420, 580)
     ids = np.random.default_rng(1).permutation(len(masks)) + 1

@@ -70,6 +70,7 @@ def test_text_ids_and_sizes_of_their_own(tmp_path):
     assert rows == {"a": "47 1", "b": "0 20"}
 
 
+@pytest.mark.slow
 def test_submission_flags_for_another_competition(tmp_path):
     """A Carvana-like convention: header 'img,rle_mask', row-major runs, ids from
     sample_submission.csv."""

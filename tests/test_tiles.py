@@ -87,6 +87,7 @@ def test_bad_tiles_are_one_line_errors():
         predict.tile_models([sharp_unet(1)], 64, 32)
 
 
+@pytest.mark.slow
 def test_patches_in_training_and_tiles_in_prediction(tmp_path):
     """Training images of mixed sizes cut into patches; test images larger than a patch, predicted
     by tiles."""
