@@ -110,10 +110,10 @@ def main(argv=None):
     cli.setup_logging(args)
     recipe, options = Recipe.from_args(args), Options.from_args(args)  # bad values stop here
     check(recipe, options)
-    started = time.time()
     # TensorFlow loads here, once the options are known good: a typo is answered at once.
     from kit import budget, dataset, evaluation, training
 
+    started = time.time()  # --time-limit counts from here, after the imports, as it always did
     frames = dataset.load_frames(options.workdir)
     data = frames.fingerprint()
     saved = training.interrupted_plan(recipe, options, data)  # --resume: its plan, checked
