@@ -327,6 +327,8 @@ TRAIN_CASES = {
                              ["imgs_subject_train.npy is not a readable", "python data.py"]),
     ".npy from another run": (fewer_masks, [], ["do not match", "python data.py` again"]),
     "fold out of range": (lambda work: None, ["--fold", "7"], ["--fold 7", "from 0 to 2"]),
+    "data.json damaged": (lambda work: (work / "data.json").write_text('{"classes": '), [],
+                          ["data.json is damaged", "python data.py` again"]),
     "interrupted run, no --resume": (leftover_backup, [], [
         "backup_fold0 holds an interrupted run", "--resume", "delete that folder"
     ])
@@ -484,6 +486,8 @@ SUBMISSION_CASES = {
     "unwritable output": (lambda work: (work / "file").write_text("x"),
                           ["--output",
                            "{work}/file/submission.csv"], ["file: File exists", "check the path"]),
+    "data.json damaged": (lambda work: (work / "data.json").write_text('{"classes": true}'), [],
+                          ["data.json is damaged", "python data.py` again"]),
     "csv not found": (lambda work: None, ["--check", "{work}/nowhere.csv"],
                       ["nowhere.csv not found", "--check"]),
     "csv header": (lambda work: bad_csv(work, header="id,rle"), ["--check", "{work}/bad.csv"],
