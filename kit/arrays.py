@@ -91,7 +91,15 @@ def load_sizes(work, split, n):
 def load_classes(work):
     """Foreground classes of the masks: 1 for binary masks, K for labels 0..K."""
     info = Path(work) / "data.json"
-    return int(json.loads(info.read_text())["classes"]) if info.exists() else 1
+    if not info.exists():
+        return 1
+    try:
+        classes = json.loads(info.read_text())["classes"]
+    except (ValueError, KeyError, TypeError):  # not JSON, not text, no "classes"
+        classes = None
+    if type(classes) is not int or not 1 <= classes <= 254:  # bool is an int: not a count
+        raise UserError(f"{info} is damaged: {RERUN}")
+    return classes
 
 
 # ---------------------------------------------------------------- writing a whole run

@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from kit.files import UserError, default_raw, default_workdir
@@ -63,10 +64,19 @@ def parser(doc):
     return p
 
 
+def check_folders(args):
+    """--workdir and --raw must be folders: a file there would only surface later, as "File
+    exists" from a mkdir or as "not found" from a read inside it."""
+    for flag in ("workdir", "raw"):
+        path = getattr(args, flag, None)
+        if path is not None and path.is_file():
+            raise UserError(f"--{flag} {path} is a file: give a folder")
+
+
 def setup_logging(args):
     """Logs to stdout, short: warnings only with -q; the kit's debug lines, the frameworks'
-    start-up messages, warnings and tracebacks with -v. Call it before TensorFlow is imported
-    (import_tensorflow reads it)."""
+    start-up messages, warnings and tracebacks with -v. Call it first in main(), before
+    TensorFlow is imported (import_tensorflow reads it); it checks the common flags too."""
     global VERBOSE
     VERBOSE = args.verbose
     level = logging.WARNING if args.quiet else logging.INFO
@@ -79,6 +89,7 @@ def setup_logging(args):
 
         warnings.filterwarnings("ignore", module=FRAMEWORKS)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    check_folders(args)
 
 
 def explain(e):
@@ -101,7 +112,8 @@ def explain(e):
 
 def run(main):
     """Run a script's main(): errors the user can fix become one line and exit code 2
-    (a traceback only with -v); nothing half-written is left behind (see files.atomic_path)."""
+    (with -v, after their traceback); nothing half-written is left behind (see
+    files.atomic_path)."""
     try:
         code = main()
         # The interpreter's last garbage collection would run the finalizers of every function
@@ -113,8 +125,10 @@ def run(main):
         sys.exit(130)
     except Exception as e:
         message = explain(e)
-        if VERBOSE or message is None:
+        if message is None:
             raise
+        if VERBOSE:  # the traceback, yet the exit code scripts and docs rely on
+            traceback.print_exc()
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 

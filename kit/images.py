@@ -1,17 +1,21 @@
 """Pixels: one reader for the images and masks of every layout, decoding a whole set in
 parallel straight into memory-mapped arrays, and resizing stacks of images.
 
-OpenCV decodes (it is fast, drops the GIL, and reads the competition's LZW TIFFs); Pillow
-steps in only where OpenCV cannot serve: the label indices of palette masks, and formats
-OpenCV lacks."""
+Pillow decodes: its decoders raise on every error they report (a bad LZW code in a TIFF, a
+truncated JPEG, a PNG's damaged data), where OpenCV's only log them and return what they could
+read, and its libtiff decodes the competition's LZW TIFFs as fast as OpenCV's. OpenCV steps in
+only for the formats Pillow lacks; it resizes and converts colours (dropping the GIL)."""
 
+import ctypes
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+import PIL
+from PIL import Image, UnidentifiedImageError
 
 from kit.cli import progress
 from kit.files import UserError, atomic_path
@@ -19,8 +23,35 @@ from kit.files import UserError, atomic_path
 log = logging.getLogger(__name__)
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+AS_STORED = ("L", "RGB", "RGBA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+DAMAGED = (OSError, SyntaxError, ValueError)  # what Pillow raises on a file it cannot decode
 said_colour = []  # warn about colour images once a run, not once an image
 
+
+def quiet_libtiff():
+    """Turn off the stderr handlers of Pillow's libtiff: it prints each error ("Using code not
+    yet in table") as well as failing, and the kit reports the file in one line of its own.
+    Where libtiff is built into Pillow (Windows) it cannot be reached, and prints."""
+    try:
+        with open("/proc/self/maps") as maps:  # Linux: the libraries this process has loaded
+            loaded = {line.split(None, 5)[-1].strip() for line in maps if "libtiff" in line}
+    except OSError:
+        loaded = set()
+    loaded.update(map(str, Path(PIL.__file__).parent.glob(".dylibs/libtiff*")))  # macOS wheels
+    for path in sorted(loaded):
+        if not os.path.basename(path).startswith("libtiff"):
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+            for name in ("TIFFSetErrorHandler", "TIFFSetWarningHandler"):
+                setter = getattr(lib, name)
+                setter.argtypes, setter.restype = [ctypes.c_void_p], ctypes.c_void_p
+                setter(None)
+        except (OSError, AttributeError):
+            pass
+
+
+quiet_libtiff()
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # errors: one line, below
 
 # ---------------------------------------------------------------- one file
@@ -36,44 +67,61 @@ def check_tiff(path):
             )
 
 
-def pillow(path, palette=False):
-    """The file through Pillow: as stored for a palette image (its indices), else as arrays."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("P", "PA", "1", "L", "LA") and (palette or image.mode != "P"):
-                return np.asarray(image if image.mode in ("P", "1", "L") else image.getchannel(0),
-                                  np.uint8)
-            if image.mode not in ("RGB", "RGBA", "CMYK", "YCbCr", "P"):
-                return np.asarray(image)  # 16-bit and float modes: refused by the caller
-            return np.asarray(image.convert("RGB"))[..., ::-1].copy()  # BGR, as OpenCV's
-    except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(
-            f"{path} cannot be decoded (corrupt or truncated: {e}): replace it with the original"
-        ) from None
+def damaged(path, e):
+    return UserError(
+        f"{path} cannot be decoded (corrupt or truncated: {e}): replace it with the original")
 
 
-def is_palette(path):
-    if path.suffix.lower() not in (".png", ".gif"):
-        return False
-    try:
-        with Image.open(path) as image:  # the header only
-            return image.mode in ("P", "PA")
-    except (OSError, SyntaxError, ValueError):
-        return False
+def stored_bits(image):
+    """16 where Pillow would quietly reduce 16-bit colour to 8 bits ("RGB;16B"), else 8."""
+    args = image.tile[0].args if image.tile else ""
+    rawmode = str(args[0] if isinstance(args, tuple) and args else args)
+    return 16 if ";16" in rawmode and image.mode in ("RGB", "RGBA") else 8
+
+
+def pixels(image, palette):
+    """A loaded Pillow image as an array: gray (H, W), RGB(A) (H, W, 3|4), a palette image's
+    indices with palette (else its colours); 16-bit and float modes as stored."""
+    if image.mode in ("P", "PA") and palette:
+        return np.asarray(image if image.mode == "P" else image.getchannel(0))
+    if image.mode == "1":  # as 0/255, as OpenCV reads it
+        return np.asarray(image.convert("L"))
+    if image.mode in ("LA", "La"):
+        return np.asarray(image.getchannel(0))
+    if image.mode in AS_STORED:
+        return np.asarray(image)
+    return np.asarray(image.convert("RGB"))
+
+
+def opencv(path):
+    """A format Pillow does not know, through OpenCV, channels as RGB(A)."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise damaged(path, "neither Pillow nor OpenCV can read it")
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else
+                             cv2.COLOR_BGRA2RGBA)
+    return image
 
 
 def decode(path, palette=False):
-    """The pixels of one file, channels in OpenCV's BGR(A) order; with palette, a palette
-    image's indices rather than its colours."""
+    """The pixels of one file, channels in RGB(A) order; with palette, a palette image's
+    indices rather than its colours. Every error the decoder reports is a UserError: Pillow
+    raises on a truncated file (LOAD_TRUNCATED_IMAGES stays False) and on a bad code."""
     check_tiff(path)
-    if palette and is_palette(path):
-        return pillow(path, palette=True)
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    image = pillow(path) if image is None else image
-    if image.dtype != np.uint8:
-        raise UserError(f"{path} is {image.dtype}, not 8-bit: convert it to 8-bit grayscale or RGB")
-    return image
+    try:
+        with Image.open(path) as image:
+            bits = stored_bits(image)
+            image.load()
+            array = pixels(image, palette)
+    except UnidentifiedImageError:
+        bits, array = 8, opencv(path)
+    except DAMAGED as e:
+        raise damaged(path, e) from None
+    if bits != 8 or array.dtype != np.uint8:
+        raise UserError(f"{path} is {'uint16' if bits == 16 else array.dtype.name}, not 8-bit: "
+                        f"convert it to 8-bit grayscale or RGB")
+    return array
 
 
 def image_size(path):
@@ -82,8 +130,8 @@ def image_size(path):
     try:
         with Image.open(path) as image:
             return image.height, image.width
-    except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{path} cannot be decoded ({e}): replace it with the original") from None
+    except DAMAGED as e:
+        raise damaged(path, e) from None
 
 
 def read_image(path, channels=1):
@@ -92,12 +140,13 @@ def read_image(path, channels=1):
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     if channels == 3:
-        code = (cv2.COLOR_GRAY2RGB if image.ndim == 2 else
-                (cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB))
-        return cv2.cvtColor(image, code)
+        if image.ndim == 3 and image.shape[2] == 3:
+            return image
+        return cv2.cvtColor(image,
+                            cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_RGBA2RGB)
     if image.ndim == 3:
         gray = cv2.cvtColor(image,
-                            cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+                            cv2.COLOR_RGBA2GRAY if image.shape[2] == 4 else cv2.COLOR_RGB2GRAY)
         if not said_colour and (image[..., :3] != image[..., :1]).any():
             said_colour.append(path)
             log.warning(f"warning: {path} is a colour image: colour images are converted to "

@@ -12,9 +12,11 @@ notebook's bundle carries this module, not that one.
 import contextlib
 import functools
 import io
+import json
 import logging
 import os
 import shutil
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -31,6 +33,8 @@ SUBMISSIONS_URL = "https://www.kaggle.com/competitions/{}/submissions"
 TOKEN_HELP = ("create a token at https://www.kaggle.com/settings (API section) and save it as "
               "~/.kaggle/kaggle.json (or $KAGGLE_CONFIG_DIR/kaggle.json) with chmod 600, "
               "or set KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN")
+NEW_TOKEN = ("replace it with a new token from https://www.kaggle.com/settings (API section), "
+             "or delete it to use KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN")
 NETWORK = ("cannot reach Kaggle (network unreachable or connection refused): check the internet "
            "connection or proxy; inside a Kaggle notebook nothing needs downloading, "
            "the competition data is read from /kaggle/input")
@@ -45,6 +49,10 @@ def _api():
     Imported here and not at the top because `import kaggle` authenticates at import time:
     scripts that never talk to Kaggle must work without credentials.
     """
+    config = config_path()
+    damaged = damaged_config(config)
+    if damaged:
+        raise UserError(damaged)
     # Without credentials the client prints a page of help (at import, and again in
     # authenticate) and calls exit(1): keep that off the screen and say it in one line.
     said = io.StringIO()
@@ -61,12 +69,43 @@ def _api():
         if os.environ.get("KAGGLE_API_TOKEN"):  # set, but the client found it invalid or expired
             raise UserError(
                 f"Kaggle did not accept the token in KAGGLE_API_TOKEN: {TOKEN_HELP}") from None
+        if config.is_file():  # valid JSON, but the client found no username and key in it
+            raise UserError(f"{config} is damaged (it needs a \"username\" and a \"key\"): "
+                            f"{NEW_TOKEN}") from None
         raise UserError(
             f"no Kaggle credentials found (looked for {KaggleApi.config}): {TOKEN_HELP}") from None
     if "chmod 600" in said.getvalue():  # the client's warning that kaggle.json is world-readable
         log.warning(f"warning: {api.config} is readable by other users: run chmod 600 {api.config}")
     api.args = [a for a in api.args if a not in ("--verbose", "-v")]
     return api
+
+
+def config_path():
+    """The kaggle.json the client reads (its KaggleApi.config, worked out the same way): found
+    before `import kaggle`, which reads it at once."""
+    folder = os.environ.get("KAGGLE_CONFIG_DIR")
+    if not folder:
+        folder = Path.home() / ".kaggle"
+        if sys.platform.startswith("linux") and not folder.exists():
+            folder = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+    return Path(folder) / "kaggle.json"
+
+
+def damaged_config(path):
+    """Why an existing kaggle.json cannot be used, else None. The client skips a file it
+    cannot parse and then reports the credentials missing (or fails with a traceback on JSON
+    that is not an object). Never quotes the file: it holds the key."""
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_bytes())
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror}): fix its permissions (chmod 600 {path})"
+    except ValueError:  # not JSON, or not text
+        return f"{path} is damaged (not valid JSON): {NEW_TOKEN}"
+    if not isinstance(values, dict):
+        return f"{path} is damaged (not a JSON object): {NEW_TOKEN}"
+    return None
 
 
 @contextlib.contextmanager

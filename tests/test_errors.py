@@ -9,8 +9,10 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
-from conftest import run_script
+from conftest import ROOT, run_script, shared
+from folder_sets import write_pairs
 from test_data import make_competition
 
 
@@ -54,6 +56,50 @@ def half(path):
     path.write_bytes(data[:len(data) // 2])
 
 
+def real_looking(h, w, seed=0):
+    """A frame like an ultrasound scan: smooth structures under speckle (LZW codes of many
+    lengths, as in the competition's files)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:h, :w]
+    smooth = 110 + 50 * np.sin(x / 5.0) * np.cos(y / 7.0)
+    return np.clip(smooth + rng.normal(0, 12, (h, w)), 0, 255).astype(np.uint8)
+
+
+def blob_mask(h, w):
+    mask = np.zeros((h, w), np.uint8)
+    cv2.ellipse(mask, (w // 2, h // 2), (w // 3, h // 4), 20, 0, 360, 255, -1)
+    return mask
+
+
+def flip_strip_bytes(path):
+    """Flip two bytes of an LZW TIFF's strip data, from its middle on, at the first place that
+    makes the decoder fail (a flip can also decode as valid LZW: undetectable); the header
+    and tags stay intact. OpenCV still returns pixels for the file, so the kit must not rely
+    on it. Returns the offset."""
+    data = path.read_bytes()
+    with Image.open(path) as tiff:
+        assert tiff.info["compression"] == "tiff_lzw" and len(tiff.tag_v2[273]) == 1
+        start, length = tiff.tag_v2[273][0], tiff.tag_v2[279][0]  # StripOffsets, ByteCounts
+    for offset in range(start + length // 2, start + length - 2):
+        spoiled = bytearray(data)
+        spoiled[offset:offset + 2] = bytes(b ^ 0xFF for b in data[offset:offset + 2])
+        path.write_bytes(spoiled)
+        try:
+            with Image.open(path) as tiff:
+                tiff.load()
+        except OSError as e:
+            assert "decoder error" in str(e)
+            assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is not None  # garbage, no error
+            return offset
+    raise AssertionError(f"no flip in the second half of {path}'s strip data fails to decode")
+
+
+def damaged_lzw(path, image):
+    """`image` saved as an LZW TIFF with Pillow, then damaged by flip_strip_bytes."""
+    Image.fromarray(image).save(path, compression="tiff_lzw")
+    return flip_strip_bytes(path)
+
+
 def png_named_tif(path):
     path.write_bytes(cv2.imencode(".png", np.zeros((20, 28), np.uint8))[1])
 
@@ -88,6 +134,12 @@ DATA_CASES = {
                            ["2_1_mask.tif has no image 2_1.tif", "--skip-unpaired"]),
     "truncated tiff": (lambda raw: half(raw / "train/1_3.tif"),
                        ["1_3.tif", "corrupt or truncated", "replace it"]),
+    "damaged LZW image": (lambda raw: damaged_lzw(raw / "train/1_2.tif", real_looking(20, 28)),
+                          ["1_2.tif cannot be decoded", "corrupt", "replace it"]),
+    "damaged LZW mask": (lambda raw: damaged_lzw(raw / "train/2_1_mask.tif", blob_mask(20, 28)),
+                         ["2_1_mask.tif cannot be decoded", "corrupt", "replace it"]),
+    "damaged LZW test image": (lambda raw: damaged_lzw(raw / "test/2.tif", real_looking(20, 28, 1)),
+                               ["2.tif cannot be decoded", "corrupt", "replace it"]),
     "png named .tif": (lambda raw: png_named_tif(raw / "test/2.tif"),
                        ["2.tif is not a TIFF", "replace it"]),
     "empty .tif": (lambda raw:
@@ -160,7 +212,73 @@ def test_data_unwritable_workdir(converted, tmp_path):
 def test_traceback_only_with_verbose(converted, tmp_path):
     result = run_script("data.py", "--raw", tmp_path / "none", "--workdir", tmp_path / "work", "-v",
                         check=False)
-    assert result.returncode != 0 and "Traceback" in result.stderr and "UserError" in result.stderr
+    assert result.returncode == 2  # as without -v: docs/troubleshooting.md promises 2
+    assert "Traceback" in result.stderr and "UserError" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_truncated_jpeg(tmp_path):
+    """libjpeg only warns ("Premature end of JPEG file") and OpenCV returns the frame with a flat
+    grey lower half: Pillow raises, and the kit says so."""
+    write_pairs(tmp_path / "img", tmp_path / "msk", [(48, 64)] * 3, extensions=(".jpg", ))
+    write_pairs(tmp_path / "test", tmp_path / "test_msk", [(48, 64)], seed=1)
+    jpeg = tmp_path / "img/img1.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[:int(jpeg.stat().st_size * 0.6)])
+    assert cv2.imread(str(jpeg), cv2.IMREAD_UNCHANGED) is not None  # what the kit used to take
+    refused_without_writing("data.py", [
+        "--images", tmp_path / "img", "--masks", tmp_path / "msk", "--test-images",
+        tmp_path / "test", "--workdir", tmp_path / "work", "-q"
+    ], ["img1.jpg cannot be decoded", "truncated", "replace it"], tmp_path)
+
+
+def test_damaged_real_lzw_frame(tmp_path):
+    """A frame of the real competition (../shared), damaged in the middle of its LZW data."""
+    sample = shared("nerve-kaggle-sample")
+    raw = tmp_path / "raw"
+    (raw / "train").mkdir(parents=True)
+    (raw / "test").mkdir()
+    for name in ("1_1", "1_2", "2_1"):
+        for suffix in ("", "_mask"):
+            shutil.copy(sample / f"train/{name}{suffix}.tif", raw / "train")
+    shutil.copy(sample / "test/1.tif", raw / "test")
+    flip_strip_bytes(raw / "train/1_2.tif")
+    refused_without_writing("data.py", ["--raw", raw, "--workdir", tmp_path / "work", "-q"],
+                            ["1_2.tif cannot be decoded", "corrupt", "replace it"], tmp_path)
+
+
+@pytest.mark.parametrize("script", ["data.py", "train.py", "predict.py", "submission.py",
+                                    "visualize.py"])
+def test_workdir_or_raw_naming_a_file(script, tmp_path):
+    blocker = tmp_path / "work.txt"
+    blocker.write_text("not a folder")
+    refused_without_writing(script, ["--workdir", blocker, "-q"],
+                            [f"--workdir {blocker} is a file: give a folder"], tmp_path)
+    refused_without_writing(script, ["--raw", blocker, "--workdir", tmp_path / "work", "-q"],
+                            [f"--raw {blocker} is a file: give a folder"], tmp_path)
+
+
+INTERRUPT_DURING_IMPORT = """
+import os, runpy, signal, sys, threading, time
+def interrupt():  # as Ctrl-C would, once TensorFlow has begun to load (it takes seconds)
+    while "tensorflow" not in sys.modules:
+        time.sleep(0.001)
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=interrupt, daemon=True).start()
+sys.argv = [sys.argv[1], "--workdir", sys.argv[2], "-q"]
+sys.path.insert(0, os.getcwd())
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_ctrl_c_while_tensorflow_loads(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_DURING_IMPORT, "train.py", tmp_path / "work"], cwd=ROOT,
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 130, result.stdout + result.stderr
+    assert (result.stdout + result.stderr).strip() == "interrupted"
 
 
 @pytest.mark.slow
@@ -213,6 +331,8 @@ TRAIN_CASES = {
                              ["imgs_subject_train.npy is not a readable", "python data.py"]),
     ".npy from another run": (fewer_masks, [], ["do not match", "python data.py` again"]),
     "fold out of range": (lambda work: None, ["--fold", "7"], ["--fold 7", "from 0 to 2"]),
+    "data.json damaged": (lambda work: (work / "data.json").write_text('{"classes": '), [],
+                          ["data.json is damaged", "python data.py` again"]),
     "interrupted run, no --resume": (leftover_backup, [], [
         "backup_fold0 holds an interrupted run", "--resume", "delete that folder"
     ])
@@ -370,6 +490,8 @@ SUBMISSION_CASES = {
     "unwritable output": (lambda work: (work / "file").write_text("x"),
                           ["--output",
                            "{work}/file/submission.csv"], ["file: File exists", "check the path"]),
+    "data.json damaged": (lambda work: (work / "data.json").write_text('{"classes": true}'), [],
+                          ["data.json is damaged", "python data.py` again"]),
     "csv not found": (lambda work: None, ["--check", "{work}/nowhere.csv"],
                       ["nowhere.csv not found", "--check"]),
     "csv header": (lambda work: bad_csv(work, header="id,rle"), ["--check", "{work}/bad.csv"],

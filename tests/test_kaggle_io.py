@@ -264,6 +264,23 @@ def test_no_credentials(tmp_path, stub):
     assert stub.requests == []
 
 
+@pytest.mark.parametrize("content, says", [
+    ('{"username": "%s", "key": "%s"' % (USER, FAKE_KEY), "not valid JSON"),  # cut short
+    (json.dumps([USER, FAKE_KEY]), "not a JSON object"),  # the client fails on it: TypeError
+    (json.dumps({"username": USER}), 'it needs a "username" and a "key"'),
+], ids=["cut short", "a list", "no key"])
+def test_damaged_kaggle_json(env, stub, content, says):
+    """Reported as damaged, naming the file, not as missing; its content never shown (call()
+    checks the key is not in the output)."""
+    config = Path(env["KAGGLE_CONFIG_DIR"], "kaggle.json")
+    config.write_text(content)
+    value, error, out = call(env, "submissions", SLUG)
+    assert error.startswith(f"{config} is damaged ({says})"), error
+    assert "https://www.kaggle.com/settings" in error and "no Kaggle credentials" not in error
+    assert USER not in error and "Traceback" not in out
+    assert stub.requests == []
+
+
 def test_access_token(tmp_path, stub):
     env = clean_env(tmp_path, stub.url)
     env["KAGGLE_API_TOKEN"] = FAKE_KEY
