@@ -217,6 +217,7 @@ def test_traceback_only_with_verbose(converted, tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
+@pytest.mark.slow
 def test_truncated_jpeg(tmp_path):
     """libjpeg only warns ("Premature end of JPEG file") and OpenCV returns the frame with a flat
     grey lower half: Pillow raises, and the kit says so."""
@@ -231,6 +232,7 @@ def test_truncated_jpeg(tmp_path):
     ], ["img1.jpg cannot be decoded", "truncated", "replace it"], tmp_path)
 
 
+@pytest.mark.slow
 def test_damaged_real_lzw_frame(tmp_path):
     """A frame of the real competition (../shared), damaged in the middle of its LZW data."""
     sample = shared("nerve-kaggle-sample")
@@ -246,6 +248,7 @@ def test_damaged_real_lzw_frame(tmp_path):
                             ["1_2.tif cannot be decoded", "corrupt", "replace it"], tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["data.py", "train.py", "predict.py", "submission.py",
                                     "visualize.py"])
 def test_workdir_or_raw_naming_a_file(script, tmp_path):
