@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kit import arrays, cli, figures, images
-from kit.files import UserError, atomic_path
+from kit.files import UserError, atomic_path, workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +53,31 @@ def check_fit(work, test, models, config, tile, sizes):
 def main(argv=None):
     args = get_args(argv)
     cli.setup_logging(args)
-    from kit import inference, report  # TensorFlow, once -v is known
-    from kit.model import classes_of
-
     work = args.workdir
-    test, ids = arrays.load_test_set(work)
-    models, config = inference.load_models(work / "model")
-    sizes = arrays.load_sizes(work, "test", len(test))
-    tile = args.tile or config.tile
-    check_fit(work, test, models, config, tile, sizes)
+    with workdir_lock(work, "predict.py"):
+        from kit import inference, report  # TensorFlow, once -v is known
+        from kit.model import classes_of
 
-    with atomic_path(arrays.path(work, arrays.TEST_MASKS)) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=test.shape[:3])
-        inference.predict_set(models, config, test, sizes, out, args.batch_size, args.chunk, tile,
-                              args.overlap, args.quiet)
-        n = min(args.previews, len(test))
-        figures.save_previews(work / "preview", test[:n], out[:n], ids[:n],
-                              None if sizes is None else sizes[:n])
-        if args.png:
-            images.save_pngs(args.png, out, ids, sizes, classes_of(models[0]) == 1)
-        empty = float((out.reshape(len(out), -1).max(1) == 0).mean())
-        del out
-    log.info(f"{len(test)} masks ({empty:.0%} empty) -> {arrays.path(work, arrays.TEST_MASKS)}")
-    report.write_report(work, models, config)
+        test, ids = arrays.load_test_set(work)
+        models, config = inference.load_models(work / "model")
+        sizes = arrays.load_sizes(work, "test", len(test))
+        tile = args.tile or config.tile
+        check_fit(work, test, models, config, tile, sizes)
+
+        with atomic_path(arrays.path(work, arrays.TEST_MASKS)) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=test.shape[:3])
+            inference.predict_set(models, config, test, sizes, out, args.batch_size, args.chunk,
+                                  tile, args.overlap, args.quiet)
+            n = min(args.previews, len(test))
+            figures.save_previews(work / "preview", test[:n], out[:n], ids[:n],
+                                  None if sizes is None else sizes[:n])
+            if args.png:
+                images.save_pngs(args.png, out, ids, sizes, classes_of(models[0]) == 1)
+            empty = float((out.reshape(len(out), -1).max(1) == 0).mean())
+            del out
+        log.info(f"{len(test)} masks ({empty:.0%} empty) -> "
+                 f"{arrays.path(work, arrays.TEST_MASKS)}")
+        report.write_report(work, models, config)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kit import arrays, cli, metrics, rle
-from kit.files import COMPETITION, UserError, in_kaggle_notebook
+from kit.files import COMPETITION, UserError, in_kaggle_notebook, workdir_lock
 
 log = logging.getLogger(__name__)
 FIX = "run `python data.py` and `python predict.py` first"
@@ -101,11 +101,9 @@ def submit(args, output):
     print(f"public score: {score}")
 
 
-def main(argv=None):
-    args = get_args(argv)
-    cli.setup_logging(args)
-    if args.scores:
-        return print_scores(args.competition)
+def write_or_check(args):
+    """Write the CSV (or take the one --check names), check it, score it where the truth is
+    known, and submit it with --submit."""
     work = args.workdir
     ids = arrays.load(work, arrays.TEST_IDS, "test id array", FIX)
     classes = arrays.load_classes(work)
@@ -130,6 +128,15 @@ def main(argv=None):
         print_local_score(args, rows, ids, sizes, classes, shape, options)
     if args.submit:
         submit(args, output)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    cli.setup_logging(args)
+    if args.scores:
+        return print_scores(args.competition)
+    with workdir_lock(args.workdir, "submission.py"):
+        write_or_check(args)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from kit import cli
+from kit.files import workdir_lock
 from kit.recipe import (BINARY_LOSSES, CATEGORICAL_LOSSES, ENCODERS, PRECISIONS, PRESETS,
                         SCHEDULES, Options, Recipe, check)
 
@@ -111,27 +112,28 @@ def main(argv=None):
     recipe, options = Recipe.from_args(args), Options.from_args(args)  # bad values stop here
     check(recipe, options)
     started = time.time()
-    # TensorFlow loads here, once the options are known good: a typo is answered at once.
-    from kit import budget, dataset, evaluation, training
+    with workdir_lock(options.workdir, "train.py"):
+        # TensorFlow loads here, once the options are known good: a typo is answered at once.
+        from kit import budget, dataset, evaluation, training
 
-    frames = dataset.load_frames(options.workdir)
-    data = frames.fingerprint()
-    saved = training.interrupted_plan(recipe, options, data)  # --resume: its plan, checked
-    precision = saved.precision if saved else training.choose_precision(recipe.precision)
-    strategy = training.start(recipe.seed, precision, options.gpus)
-    timer = training.step_timer(recipe, options, data, strategy, frames)
-    plan = budget.plan_run(recipe, options, frames, precision, timer, time.time() - started,
-                           saved)
-    run = training.Run(recipe, options, plan, data, strategy)
-    if options.summary:
-        return training.print_summary(run)
-    log.info(training.describe(run, frames))
-    working = dataset.to_working_size(frames, plan.size, recipe.patch)
-    run.model_dir.mkdir(parents=True, exist_ok=True)
-    seconds = {"before training": round(time.time() - started, 1)}
-    oof = training.train_folds(run, frames, working, started)
-    result = evaluation.evaluate(run, oof, frames, working)
-    evaluation.save_config(run, frames, working, result, {**seconds, "training": oof.seconds})
+        frames = dataset.load_frames(options.workdir)
+        data = frames.fingerprint()
+        saved = training.interrupted_plan(recipe, options, data)  # --resume: its plan, checked
+        precision = saved.precision if saved else training.choose_precision(recipe.precision)
+        strategy = training.start(recipe.seed, precision, options.gpus)
+        timer = training.step_timer(recipe, options, data, strategy, frames)
+        plan = budget.plan_run(recipe, options, frames, precision, timer, time.time() - started,
+                               saved)
+        run = training.Run(recipe, options, plan, data, strategy)
+        if options.summary:
+            return training.print_summary(run)
+        log.info(training.describe(run, frames))
+        working = dataset.to_working_size(frames, plan.size, recipe.patch)
+        run.model_dir.mkdir(parents=True, exist_ok=True)
+        seconds = {"before training": round(time.time() - started, 1)}
+        oof = training.train_folds(run, frames, working, started)
+        result = evaluation.evaluate(run, oof, frames, working)
+        evaluation.save_config(run, frames, working, result, {**seconds, "training": oof.seconds})
     log.info(f"trained in {time.time() - started:.0f} s, {sum(oof.seconds):.0f} s of them in "
              f"training -> {run.model_dir}")
 

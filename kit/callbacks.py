@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import signal
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 
 from kit import figures
 from kit.cli import import_tensorflow
-from kit.files import UserError, atomic_path
+from kit.files import UserError, atomic_path, dead_temporary
 from kit.recipe import Recipe, flag
 
 import_tensorflow()  # before Keras: hides TensorFlow's start-up noise
@@ -34,6 +35,7 @@ import keras  # noqa: E402
 log = logging.getLogger(__name__)
 
 STATE = "state.json"
+WEIGHTS = re.compile(r"(epoch|best)\d+\.weights\.h5")  # the files TrainingState writes
 
 
 def rng_variables(model):
@@ -107,9 +109,11 @@ class TrainingState(keras.callbacks.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.folder / STATE) as tmp:  # the commit point
             tmp.write_text(json.dumps(self.state, indent=1))
-        keep = {STATE, self.state["weights"], self.state["best_weights"]}
-        for old in self.folder.iterdir():  # older epochs, and what a killed run was writing
-            if old.name not in keep:
+        keep = {self.state["weights"], self.state["best_weights"]}
+        # Older epochs' weights, and what a killed run was writing; the rest of the folder is
+        # not the state's to delete.
+        for old in self.folder.iterdir():
+            if (WEIGHTS.fullmatch(old.name) and old.name not in keep) or dead_temporary(old):
                 old.unlink()
 
     def save_weights(self, name):

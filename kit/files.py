@@ -2,9 +2,11 @@
 zips unpacked without surprises."""
 
 import contextlib
+import fcntl
 import glob
 import logging
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -76,6 +78,56 @@ def writable(folder):
 
 # ---------------------------------------------------------------- safe writes
 
+# A temporary's name: its final name, the pid of the run writing it (so that only a dead run's
+# are ever removed), mkstemp's 8 random characters, and .tmp plus the final suffixes.
+TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp")
+
+
+def temporary(final, folder=False):
+    """A new, empty temporary file (or folder) beside `final`, named for it and this run."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{final.name}.{os.getpid()}."
+    umask = os.umask(0)
+    os.umask(umask)
+    if folder:
+        tmp = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=final.parent)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's are private: the final folder is not
+        return Path(tmp)
+    # The temporary name keeps every suffix: Keras insists on ".weights.h5" and ".keras".
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp" + "".join(final.suffixes),
+                               dir=final.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~umask)
+    return Path(tmp)
+
+
+def alive(pid):
+    """Whether a process of this pid runs (a reused pid too: then a temporary is kept too long,
+    never removed too soon)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def dead_temporary(path):
+    """Whether `path` is a temporary of a run that no longer runs: safe to remove."""
+    match = TEMPORARY.match(Path(path).name)
+    return bool(match) and not alive(int(match["pid"]))
+
+
+def remove(path):
+    """Remove a file or a folder, if there."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -83,16 +135,11 @@ def atomic_path(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):  # a killed run's
-        stale.unlink(missing_ok=True)
-    # The temporary name keeps every suffix: Keras insists on ".weights.h5" and ".keras".
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes),
-                               dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+        if dead_temporary(stale):
+            remove(stale)
+    tmp = temporary(path)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -117,6 +164,71 @@ def load_npy(path, what, fix, mmap=False):
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise UserError(f"{path} is not a readable {what} ({e}): {fix}") from None
+
+
+# ---------------------------------------------------------------- one run per workdir
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(work, step):
+    """Hold the workdir for one run of a step (step: the script's name, said to a second run).
+    A second run on a held workdir is refused in one line naming the first one's pid. The lock
+    is flock's on <work>/.lock: the kernel releases it when its process ends, however it ends,
+    so a killed run's lock is taken over by the next run, which first clears what the killed
+    one left (recover). A workdir that does not exist is made (and removed again if the run
+    leaves it empty); one this run cannot write to is not locked: it cannot change."""
+    work = Path(work)
+    made = not work.exists()
+    if made:
+        work.mkdir(parents=True, exist_ok=True)
+    if not os.access(work, os.W_OK):
+        yield
+        return
+    fd = take_lock(work, step)
+    try:
+        recover(work)
+        yield
+    finally:
+        (work / LOCK).unlink(missing_ok=True)  # before the lock goes: see take_lock
+        os.close(fd)
+        if made and not any(work.iterdir()):
+            with contextlib.suppress(OSError):  # another run may have begun in it meanwhile
+                work.rmdir()
+
+
+def take_lock(work, step):
+    """The open, locked <work>/.lock, holding this run's pid and step."""
+    path = work / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").split()
+            os.close(fd)
+            who = f"{holder[1]}, pid {holder[0]}" if len(holder) == 2 else "starting"
+            raise UserError(f"{work} is in use by another run ({who}): wait for it to end, "
+                            f"or give another --workdir") from None
+        # A run that ends unlinks the file before its lock goes: locked, it may be that file.
+        if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    left = os.read(fd, 200).decode(errors="replace").split()
+    if len(left) == 2:  # only a run that never reached its end leaves its pid behind
+        log.info(f"{work}: taking over from {left[1]} (pid {left[0]}), which did not finish "
+                 f"(killed or crashed)")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {step}\n".encode(), 0)
+    return fd
+
+
+def recover(work):
+    """What a killed run left in the workdir: its temporaries."""
+    for path in sorted(Path(work).rglob(".*.tmp*")):
+        if dead_temporary(path):
+            remove(path)
 
 
 # ---------------------------------------------------------------- zips
