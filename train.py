@@ -8,10 +8,12 @@
 
 Writes into --workdir/model/: fold<i>.keras (the network, with its working size and pixel
 statistics inside), config.json (threshold, minimum area, scores, the recipe and the plan:
-kit/config.py), history_fold<i>.csv and curves.png (every epoch), validation.csv (each
-validation frame's Dice), tuning.csv (the scores the threshold and minimum area were picked
-from), oof.npz (the out-of-fold probabilities; with --gate, each frame's presence too), and
-backup_fold<i>/ until the run completes (for --resume).
+kit/config.py), history_fold<i>.csv and curves.png (every epoch),
+validation.csv (each validation frame's Dice), tuning.csv (the scores the threshold and minimum
+area were picked from), oof.npz (the out-of-fold probabilities; with --gate, each frame's
+presence too), all committed together at the end: until then the folder holds the previous
+run's. While a fold trains, model/backup_fold<i>/ holds its state (for --resume), its model
+once trained, and its history_fold<i>.csv and curves.png, redrawn as it goes.
 
 What the run is asked lives in kit/recipe.py (Recipe: what the training computes; Options: how
 this run goes), what it derives from the data and the machine in its Plan (kit/budget.py); the
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 
 from kit import cli
-from kit.files import workdir_lock
+from kit.files import output_set, workdir_lock
 from kit.recipe import (BINARY_LOSSES, CATEGORICAL_LOSSES, ENCODERS, PRECISIONS, PRESETS,
                         SCHEDULES, Options, Recipe, check)
 
@@ -132,8 +134,10 @@ def main(argv=None):
         run.model_dir.mkdir(parents=True, exist_ok=True)
         seconds = {"before training": round(time.time() - started, 1)}
         oof = training.train_folds(run, frames, working, started)
-        result = evaluation.evaluate(run, oof, frames, working)
-        evaluation.save_config(run, frames, working, result, {**seconds, "training": oof.seconds})
+        with output_set(options.workdir, "train.py") as out:  # the model folder, as one set
+            result = evaluation.evaluate(run, oof, frames, working, out)
+            evaluation.save_config(run, frames, working, result,
+                                   {**seconds, "training": oof.seconds}, out)
     log.info(f"trained in {time.time() - started:.0f} s, {sum(oof.seconds):.0f} s of them in "
              f"training -> {run.model_dir}")
 

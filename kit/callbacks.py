@@ -5,9 +5,12 @@ Interrupted training, and train.py --resume:
 
 While fold i trains, model/backup_fold<i>/ holds state.json (epochs done, the best score so far,
 the last epoch's logs, the random generators' states, the run's recipe, plan and a fingerprint
-of its training data) and the weights it names: the model's and optimizer's after the last epoch, and the best epoch's model.
-Each file is renamed into place and state.json last, so a run killed at any moment leaves the
-last completed epoch intact. An epoch cut short (time limit, Ctrl-C) is never saved: resuming
+of its training data) and the weights it names: the model's and optimizer's after the last
+epoch, and the best epoch's model; beside them the fold's history_fold<i>.csv and curves.png,
+and once the fold is trained its fold<i>.keras. They move into model/ when the whole run
+commits its model folder (kit/evaluation.py), which removes the backups. Each file is renamed
+into place and state.json last, so a run killed at any moment leaves the last completed epoch
+intact. An epoch cut short (time limit, Ctrl-C) is never saved: resuming
 starts it again. The data order and augmentation depend only on (seed, epoch, step) (see
 kit/dataset.py), so a resumed run ends as an uninterrupted one with the same seed would.
 """
@@ -110,8 +113,8 @@ class TrainingState(keras.callbacks.Callback):
         with atomic_path(self.folder / STATE) as tmp:  # the commit point
             tmp.write_text(json.dumps(self.state, indent=1))
         keep = {self.state["weights"], self.state["best_weights"]}
-        # Older epochs' weights, and what a killed run was writing; the rest of the folder is
-        # not the state's to delete.
+        # Older epochs' weights, and what a killed run was writing; the rest of the folder (the
+        # fold's history, curves and model) is not the state's to delete.
         for old in self.folder.iterdir():
             if (WEIGHTS.fullmatch(old.name) and old.name not in keep) or dead_temporary(old):
                 old.unlink()

@@ -33,9 +33,12 @@ class Config:
     plan: dict = dataclasses.field(default_factory=dict)
 
 
+def to_json(config):
+    return json.dumps(dataclasses.asdict(config), indent=2, default=str)
+
+
 def save(model_dir, config):
-    write_text(
-        Path(model_dir) / NAME, json.dumps(dataclasses.asdict(config), indent=2, default=str))
+    write_text(Path(model_dir) / NAME, to_json(config))
 
 
 def load(model_dir):

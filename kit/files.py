@@ -4,6 +4,7 @@ zips unpacked without surprises."""
 import contextlib
 import fcntl
 import glob
+import json
 import logging
 import os
 import re
@@ -176,9 +177,9 @@ def workdir_lock(work, step):
     """Hold the workdir for one run of a step (step: the script's name, said to a second run).
     A second run on a held workdir is refused in one line naming the first one's pid. The lock
     is flock's on <work>/.lock: the kernel releases it when its process ends, however it ends,
-    so a killed run's lock is taken over by the next run, which first clears what the killed
-    one left (recover). A workdir that does not exist is made (and removed again if the run
-    leaves it empty); one this run cannot write to is not locked: it cannot change."""
+    so a killed run's lock is taken over by the next run, which first finishes or clears what
+    the killed one left (recover). A workdir that does not exist is made (and removed again if
+    the run leaves it empty); one this run cannot write to is not locked: it cannot change."""
     work = Path(work)
     made = not work.exists()
     if made:
@@ -225,10 +226,125 @@ def take_lock(work, step):
 
 
 def recover(work):
-    """What a killed run left in the workdir: its temporaries."""
+    """What a killed run left in the workdir: the renames of a set it committed are finished,
+    the temporaries of one it had not committed removed."""
+    step = finish_commit(work)
+    if step:
+        log.info(f"{work}: finished committing the outputs of an interrupted `{step}`")
     for path in sorted(Path(work).rglob(".*.tmp*")):
         if dead_temporary(path):
             remove(path)
+
+
+# ---------------------------------------------------------------- a step's outputs, one set
+
+JOURNAL = ".commit.json"
+
+
+class OutputSet:
+    """The outputs of one run of a step, committed together. Each is written under a temporary
+    name beside its final one (stage); files made elsewhere are moved in (adopt), and those the
+    new set no longer holds are listed for removal (remove). The commit writes one journal of
+    all these renames and removals, atomically: the commit point. Then it does them; should a
+    kill cut them short, the next step on the workdir finishes them before it reads anything
+    (recover). So any step finds the old set or the whole new one, never a mixture."""
+
+    def __init__(self, work, step):
+        self.work, self.step = Path(work), step
+        self.moves, self.removals, self.superseded = {}, [], []
+
+    def stage(self, final, folder=False):
+        """A new temporary file (or folder) that becomes `final` at the commit."""
+        final = Path(final)
+        if final in self.moves:  # staged again (data.py dropping frames): the first one goes
+            self.superseded.append(self.moves[final])
+        self.moves[final] = temporary(final, folder)
+        return self.moves[final]
+
+    def adopt(self, source, final):
+        """`source`, written elsewhere, becomes `final` at the commit; where there is no source,
+        the new set has no `final`."""
+        if not Path(source).exists():
+            return self.remove(final)
+        self.moves[Path(final)] = Path(source)
+
+    def remove(self, path):
+        self.removals.append(Path(path))
+
+    def path(self, final):
+        """Where the set's `final` lies now: its staged file, or the one already there; None
+        where the new set has none."""
+        final = Path(final)
+        return None if final in self.removals else self.moves.get(final, final)
+
+    def commit(self):
+        def relative(path):  # valid however the next run names the workdir
+            return os.path.relpath(path, self.work)
+
+        journal = {"step": self.step,
+                   "moves": [[relative(s), relative(f)] for f, s in self.moves.items()],
+                   "remove": [relative(p) for p in self.removals]}
+        try:
+            write_text(self.work / JOURNAL, json.dumps(journal, indent=1))
+        except BaseException:
+            self.discard()
+            raise
+        finish_commit(self.work)
+        for path in self.superseded:
+            remove(path)
+
+    def discard(self):
+        """The staged temporaries go: the old set stays as it was."""
+        for path in [*self.superseded, *self.moves.values()]:
+            match = TEMPORARY.match(path.name)
+            if match and int(match["pid"]) == os.getpid():
+                remove(path)
+
+
+@contextlib.contextmanager
+def output_set(work, step):
+    """An OutputSet committed when the block ends, discarded if it fails."""
+    outputs = OutputSet(work, step)
+    try:
+        yield outputs
+    except BaseException:
+        outputs.discard()
+        raise
+    outputs.commit()
+
+
+def finish_commit(work):
+    """Do the renames and removals of the journal in `work` (those still to do: each is done
+    once), then drop it. Returns the step that wrote it, or None where there is none."""
+    path = Path(work) / JOURNAL
+    if not path.exists():
+        return None
+    try:
+        journal = json.loads(path.read_text())
+        moves, removals, step = journal["moves"], journal["remove"], journal["step"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is damaged ({e}): delete it, and run the step that was "
+                        f"writing into {work} again") from None
+    for source, final in moves:
+        move_into_place(Path(work) / source, Path(work) / final)
+    for removed in removals:
+        remove(Path(work) / removed)
+    path.unlink()
+    return step
+
+
+def move_into_place(source, final):
+    """Rename source to final; a folder replaces the old one whole, which is set aside under a
+    fixed name first, so that a repeat after a kill at any point ends the same."""
+    aside = final.with_name(f".{final.name}.replaced")
+    if source.is_dir():
+        if final.exists():
+            remove(aside)
+            os.replace(final, aside)
+        os.replace(source, final)
+    elif source.exists():
+        os.replace(source, final)
+    remove(aside)
 
 
 # ---------------------------------------------------------------- zips

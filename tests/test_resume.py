@@ -26,8 +26,11 @@ def train_args(work, *extra):
 
 
 def history_rows(work):
-    path = work / "model/history_fold0.csv"
-    return path.read_bytes().count(b"\n") - 1 if path.exists() else 0
+    """Epochs in fold 0's history: in its backup folder while it trains, then in model/."""
+    for path in (work / "model/backup_fold0/history_fold0.csv", work / "model/history_fold0.csv"):
+        if path.exists():
+            return path.read_bytes().count(b"\n") - 1
+    return 0
 
 
 def interrupt(work, sig, after_rows, *extra):

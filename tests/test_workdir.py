@@ -1,15 +1,19 @@
-"""One run per workdir: a second run is refused, a killed run's lock taken over, and only the
-temporaries of runs no longer running removed (kit/files.py: workdir_lock)."""
+"""One run per workdir, and each step's outputs committed as one set (kit/files.py: workdir_lock,
+OutputSet)."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import pytest
 
 from conftest import ROOT, run_script
+from folder_sets import write_pairs
 from test_data import make_competition
 from test_errors import assert_refused, snapshot
 
@@ -17,6 +21,20 @@ from kit import files
 
 TINY = ["--image-size", 32, 48, "--width", 4, "--depth", 2, "--folds", 3, "--epochs", 1,
         "--batch-size", 8, "-q"]
+# Run a script as a user would, but die as SIGKILL would (no clean-up) at the k-th os.replace.
+KILLED_AT = """
+import os, runpy, sys
+k, script = int(sys.argv[1]), sys.argv[2]
+replace, calls = os.replace, [0]
+def killing_replace(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == k:
+        os._exit(137)
+    return replace(*args, **kwargs)
+os.replace = killing_replace
+sys.argv = sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
+"""
 
 
 def hidden(folder):
@@ -27,6 +45,27 @@ def dead_pid():
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def fail_at(monkeypatch, k):
+    """os.replace raises KeyboardInterrupt (a Ctrl-C) at its k-th call from now."""
+    replace, calls = os.replace, [0]
+
+    def interrupted_replace(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == k:
+            raise KeyboardInterrupt
+        return replace(*args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", interrupted_replace)
+    return calls
+
+
+def next_step_recovers(work):
+    """What each step does first on a workdir: take its lock, finishing or clearing what a
+    killed run left."""
+    with files.workdir_lock(work, "test"):
+        pass
 
 
 def script_env():
@@ -107,3 +146,178 @@ def test_only_the_temporaries_of_runs_no_longer_running_are_removed(tmp_path):
     finally:
         running.kill()
         running.wait()
+
+
+# ---------------------------------------------------------------- one set: the commit itself
+
+
+def old_set(work):
+    work.mkdir()
+    (work / "a.txt").write_text("old a")
+    (work / "b.txt").write_text("old b")
+    (work / "folder").mkdir()
+    (work / "folder/1.png").write_text("old 1")
+    (work / "gone.txt").write_text("old gone")
+    (work / "made").mkdir()
+    (work / "made/c.txt").write_text("new c")  # made elsewhere, adopted into the set
+
+
+def new_set(out):
+    out.stage(out.work / "a.txt").write_text("new a")
+    out.stage(out.work / "b.txt").write_text("new b")
+    (out.stage(out.work / "folder", folder=True) / "2.png").write_text("new 2")
+    out.adopt(out.work / "made/c.txt", out.work / "c.txt")
+    out.remove(out.work / "gone.txt")
+
+
+def the_set(work):
+    return {p.relative_to(work).as_posix(): p.read_text() for p in sorted(work.rglob("*"))
+            if p.is_file() and not p.relative_to(work).as_posix().startswith("made/")}
+
+
+def test_a_set_is_committed_whole_or_not_at_all_wherever_a_kill_falls(tmp_path, monkeypatch):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old_set(old)
+    shutil.copytree(old, new)
+    with files.output_set(new, "test") as out:
+        new_set(out)
+    seen, k = set(), 0
+    while True:
+        k += 1
+        work = tmp_path / f"killed{k}"
+        shutil.copytree(old, work)
+        calls = fail_at(monkeypatch, k)
+        try:
+            with files.output_set(work, "test") as out:
+                new_set(out)
+        except KeyboardInterrupt:
+            pass
+        monkeypatch.undo()
+        next_step_recovers(work)
+        assert the_set(work) in (the_set(old), the_set(new)), k
+        assert hidden(work) == []
+        seen.add("old" if the_set(work) == the_set(old) else "new")
+        if calls[0] < k:  # the commit made fewer renames: every point was tried
+            break
+    assert seen == {"old", "new"} and k > 5
+
+
+# ---------------------------------------------------------------- data.py
+
+
+def data_set(work):
+    return {p.name: p.read_bytes() for p in work.iterdir() if p.is_file() and p.name[0] != "."}
+
+
+@pytest.fixture(scope="module")
+def two_data_sets(tmp_path_factory):
+    """A workdir of a folder layout with mixed sizes and test masks kept (arrays the next set
+    lacks), and the competition's raw folder whose set replaces it."""
+    base = tmp_path_factory.mktemp("data-sets")
+    write_pairs(base / "img", base / "msk", [(20, 28), (16, 20), (20, 28), (12, 28)])
+    old = base / "old"
+    run_script("data.py", "--images", base / "img", "--masks", base / "msk", "--holdout", 1,
+               "--workdir", old, "-q")
+    raw = make_competition(base / "raw", test_ids=(5, 6, 7, 8, 9))
+    new = base / "new"
+    shutil.copytree(old, new)
+    run_script("data.py", "--raw", raw, "--workdir", new, "-q")
+    return old, new, raw
+
+
+def test_data_py_killed_at_any_rename_leaves_the_old_arrays_or_the_whole_new_set(two_data_sets,
+                                                                                  tmp_path):
+    old, new, raw = two_data_sets
+    assert {"imgs_truth_test.npy", "imgs_size_train.npy"} <= set(data_set(old)) - set(data_set(new))
+    seen, k = [], 0
+    while True:
+        k += 1
+        work = tmp_path / f"killed{k}"
+        shutil.copytree(old, work)
+        killed = subprocess.run([sys.executable, "-c", KILLED_AT, str(k), str(ROOT / "data.py"),
+                                 "--raw", str(raw), "--workdir", str(work), "-q"], cwd=ROOT,
+                                env=script_env(), capture_output=True, text=True, timeout=120)
+        assert killed.returncode in (0, 137), killed.stderr
+        next_step_recovers(work)
+        assert data_set(work) in (data_set(old), data_set(new)), k
+        assert hidden(work) == []
+        seen.append("old" if data_set(work) == data_set(old) else "new")
+        if killed.returncode == 0:
+            break
+    assert seen[0] == "old" and seen[-2:] == ["new", "new"] and k > 6
+    # The next step reads the set left after a kill between two of the renames.
+    middle = tmp_path / f"killed{k // 2}"
+    run_script("train.py", "--workdir", middle, *TINY)
+
+
+def predict_main(work):
+    import predict
+
+    predict.main(["--workdir", str(work), "--previews", "3", "-q"])
+
+
+# ---------------------------------------------------------------- train.py
+
+
+def model_set(work):
+    folder = work / "model"
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name[0] != "."}
+
+
+def test_train_py_killed_at_any_rename_of_its_commit_leaves_the_old_model_or_the_new_one(
+        demo, tmp_path, monkeypatch):
+    """train.py runs twice in process: the second time its commit is copied, workdir and all,
+    just before it begins, so that a kill is tried at each of its renames on a copy."""
+    import train
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for path in demo[1].glob("*.npy"):
+        shutil.copy(path, work)
+    flags = [str(a) for a in ["--workdir", work, *TINY]]
+    train.main([*flags, "--fold", "0", "--seed", "1"])
+    old = model_set(work)
+    commits, real_commit = [], files.OutputSet.commit
+
+    def copied_commit(out):
+        shutil.copytree(work, tmp_path / "template")
+        commits.append(out)
+        real_commit(out)
+
+    monkeypatch.setattr(files.OutputSet, "commit", copied_commit)
+    train.main([*flags, "--fold", "all"])
+    monkeypatch.undo()
+    new, (out,) = model_set(work), commits
+    assert set(new) - set(old) == {"fold1.keras", "fold2.keras", "history_fold1.csv",
+                                   "history_fold2.csv"}
+
+    seen, k = [], 0
+    while True:
+        k += 1
+        copy = tmp_path / f"killed{k}"
+        shutil.copytree(tmp_path / "template", copy)
+        again = files.OutputSet(copy, "train.py")  # the same set, in the copy
+        again.moves = {copy / f.relative_to(work): copy / s.relative_to(work)
+                       for f, s in out.moves.items()}
+        again.removals = [copy / p.relative_to(work) for p in out.removals]
+        calls = fail_at(monkeypatch, k)
+        try:
+            again.commit()
+        except KeyboardInterrupt:
+            pass
+        monkeypatch.undo()
+        next_step_recovers(copy)
+        assert model_set(copy) in (old, new), k
+        seen.append("old" if model_set(copy) == old else "new")
+        backups = sorted(p.name for p in (copy / "model").glob("backup_fold*"))
+        assert backups == ([] if seen[-1] == "new" else ["backup_fold0", "backup_fold1",
+                                                         "backup_fold2"])  # resumable
+        assert hidden(copy) == []
+        if calls[0] < k:
+            break
+    assert seen[0] == "old" and seen[-2:] == ["new", "new"] and k > 8
+    # The next step reads the model folder left after a kill between fold0.keras and config.json.
+    middle = tmp_path / f"killed{k // 2}"
+    predict_main(middle)
+    config = json.loads((middle / "model/config.json").read_text())
+    assert config["folds"] == ["fold0.keras", "fold1.keras", "fold2.keras"]
