@@ -6,8 +6,10 @@
 Reads --workdir/imgs_test.npy and model/ (every fold listed in config.json is averaged) and
 writes imgs_mask_test.npy: (N, H, W) uint8 at the original size, in the order of
 imgs_id_test.npy, with the tuned threshold and minimum area applied: {0, 1}, or labels 0..K
-for a model of K classes. Also a few preview PNGs in preview/, and report.html: the run at a
-glance (see kit/report.py). All of them replace the previous ones together, once complete.
+for a model of K classes; beside it imgs_mask_test.json, the fingerprint of the test arrays
+they were predicted from (submission.py checks it). Also a few preview PNGs in preview/, and
+report.html: the run at a glance (see kit/report.py). All of them replace the previous ones
+together, once complete.
 """
 
 import logging
@@ -51,8 +53,8 @@ def check_fit(work, test, models, config, tile, sizes):
 
 
 def write_outputs(args, out, models, config, test, ids, sizes, tile):
-    """The final masks, the previews and the report, staged in `out` (files.OutputSet); returns
-    the share of empty masks."""
+    """The final masks with the record of the test arrays they come from, the previews and the
+    report, staged in `out` (files.OutputSet); returns the share of empty masks."""
     from kit import inference, report
     from kit.model import classes_of
 
@@ -61,6 +63,7 @@ def write_outputs(args, out, models, config, test, ids, sizes, tile):
                                       dtype=np.uint8, shape=test.shape[:3])
     inference.predict_set(models, config, test, sizes, masks, args.batch_size, args.chunk, tile,
                           args.overlap, args.quiet)
+    arrays.record_test_set(out, test, ids)
     n = min(args.previews, len(test))
     figures.save_previews(out.stage(work / "preview", folder=True), test[:n], masks[:n], ids[:n],
                           None if sizes is None else sizes[:n])
@@ -83,7 +86,7 @@ def main(argv=None):
         sizes = arrays.load_sizes(work, "test", len(test))
         tile = args.tile or config.tile
         check_fit(work, test, models, config, tile, sizes)
-        with output_set(work, "predict.py") as out:  # masks, previews, report: one set
+        with output_set(work, "predict.py") as out:  # masks, record, previews, report: one set
             empty = write_outputs(args, out, models, config, test, ids, sizes, tile)
     log.info(f"{len(test)} masks ({empty:.0%} empty) -> {arrays.path(work, arrays.TEST_MASKS)}")
 

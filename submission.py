@@ -66,14 +66,15 @@ def check_ids(args, ids, classes):
             f" run `python data.py` again on the full test set")
 
 
-def encode(args, output, ids, classes, sizes, test_shape, options):
+def encode(args, output, ids, classes, sizes, test, options):
     masks = arrays.load(args.workdir, arrays.TEST_MASKS, "mask array", FIX, mmap=True)
     valid = masks.dtype == np.uint8 and masks[:16].max(initial=0) <= classes
-    if masks.shape[:3] != test_shape[:3] or len(masks) != len(ids) or not valid:
+    if masks.shape[:3] != test.shape[:3] or len(masks) != len(ids) or not valid:
         kind = "binary masks" if classes == 1 else f"label masks 0..{classes}"
         raise UserError(f"{arrays.path(args.workdir, arrays.TEST_MASKS)} (shape {masks.shape}, "
                         f"{masks.dtype}) does not match the test set ({len(ids)} ids, images "
-                        f"{test_shape}) as {kind}: run `python predict.py` again")
+                        f"{test.shape}) as {kind}: run `python predict.py` again")
+    arrays.check_predicted_from(args.workdir, test, ids)
     rle.write_submission(output, masks, ids, args.quiet, sizes, classes, *options)
 
 
@@ -109,14 +110,14 @@ def write_or_check(args):
     classes = arrays.load_classes(work)
     sizes = arrays.load_sizes(work, "test", len(ids))
     check_ids(args, ids, classes)
-    test_shape = arrays.load(work, arrays.TEST_IMAGES, "test image array", FIX, mmap=True).shape
+    test = arrays.load(work, arrays.TEST_IMAGES, "test image array", FIX, mmap=True)
     options = (f"{args.id_column},{args.mask_column}", (args.rle_order, args.rle_start))
     output = args.check or args.output or work / "submission.csv"
     if args.check and not output.is_file():
         raise UserError(f"{output} not found: give --check the path of a submission CSV")
     if not args.check:
-        encode(args, output, ids, classes, sizes, test_shape, options)
-    shape = (test_shape[1:3] if sizes is None else {
+        encode(args, output, ids, classes, sizes, test, options)
+    shape = (test.shape[1:3] if sizes is None else {
         key: tuple(sizes[n])
         for n, i in enumerate(ids)
         for key in rle.row_ids([i], classes)

@@ -7,8 +7,8 @@
     python train.py --patch 256           # 256x256 patches of large images, own scale
 
 Writes into --workdir/model/: fold<i>.keras (the network, with its working size and pixel
-statistics inside), config.json (threshold, minimum area, scores, the recipe and the plan:
-kit/config.py), history_fold<i>.csv and curves.png (every epoch),
+statistics inside), config.json (threshold, minimum area, scores, the recipe, the plan and the
+training data's fingerprint: kit/config.py), history_fold<i>.csv and curves.png (every epoch),
 validation.csv (each validation frame's Dice), tuning.csv (the scores the threshold and minimum
 area were picked from), oof.npz (the out-of-fold probabilities; with --gate, each frame's
 presence too), all committed together at the end: until then the folder holds the previous

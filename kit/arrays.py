@@ -9,14 +9,16 @@ are written together, and how they are read back and checked.
     imgs_size_<split>.npy   (N, 2)                  each image's own (H, W), where sizes differ
     imgs_truth_test.npy     (M, H, W) uint8         test masks, where given (scored locally)
     imgs_mask_test.npy      (M, H, W) uint8         the final test masks (predict.py)
+    imgs_mask_test.json     {"test": fingerprint}   the test arrays they were predicted from
     data.json               {"classes": K}          foreground classes of the masks
 
-data.py writes its arrays as one set (files.OutputSet): a kill leaves the old set or the whole
-new one.
+data.py writes its arrays as one set, predict.py its masks with their record (files.OutputSet):
+a kill leaves the old set or the whole new one.
 """
 
 import json
 import logging
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ TRAIN_IMAGES, TRAIN_MASKS, SUBJECTS = "imgs_train", "imgs_mask_train", "imgs_sub
 TEST_IMAGES, TEST_IDS, TEST_TRUTH = "imgs_test", "imgs_id_test", "imgs_truth_test"
 TEST_MASKS = "imgs_mask_test"
 ALWAYS = (TRAIN_IMAGES, TRAIN_MASKS, SUBJECTS, TEST_IMAGES, TEST_IDS)
+MASKS_RECORD = "imgs_mask_test.json"
 RERUN = "run `python data.py` again"
 FIRST = "run `python data.py` first"
 
@@ -58,6 +61,28 @@ def path(work, name):
 
 def present(work, name):
     return path(work, name) is not None and path(work, name).exists()
+
+
+def fingerprint(*arrays, samples=64):
+    """What identifies a set of arrays, one frame each along the first axis (images and masks,
+    test images and ids), without reading them whole: the frames' count and shape, and a CRC of
+    up to `samples` frames spread over the set, and of 1-D arrays (ids, subjects: small) whole.
+    Contents only: the same arrays written again, or copied, have the same fingerprint."""
+    n = len(arrays[0])
+    crc = 0
+    for i in range(0, n, max(1, n // samples)):
+        for a in arrays:
+            if a.ndim > 1:
+                crc = zlib.crc32(np.ascontiguousarray(a[i]), crc)
+    for a in arrays:
+        if a.ndim == 1:
+            crc = zlib.crc32(np.ascontiguousarray(a), crc)
+    return {"frames": n, "shape": list(arrays[0].shape[1:]), "checksum": crc}
+
+
+def training_fingerprint(images, masks, classes):
+    """The training arrays' fingerprint, as --resume and the model's config.json record it."""
+    return {**fingerprint(images, masks), "classes": classes}
 
 
 def stage_arrays(out, names, classes):
@@ -167,3 +192,30 @@ def keep_training_frames(out, keep):
             target[start:start + 256] = source[keep[start:start + 256]]
         target.flush()
         del target, source  # closes both maps
+
+
+# ---------------------------------------------------------------- what the masks came from
+
+
+def record_test_set(out, test, ids):
+    """Beside the masks predict.py stages in `out`: the test arrays they are predicted from."""
+    record = {"test": fingerprint(test, ids)}
+    out.stage(out.work / MASKS_RECORD).write_text(json.dumps(record, indent=1))
+
+
+def check_predicted_from(work, test, ids):
+    """The final masks must be predictions of these test arrays: not of a test set that
+    data.py has replaced since predict.py ran."""
+    record, masks = Path(work) / MASKS_RECORD, path(work, TEST_MASKS)
+    again = "run `python predict.py` again"
+    if not record.exists():  # masks made by other means, or by an older kit
+        log.warning(f"{masks} has no {record.name} saying which test set it was predicted "
+                    f"from: if data.py ran since, {again}")
+        return
+    try:
+        predicted_from = json.loads(record.read_text())["test"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{record} is damaged ({e}): {again}") from None
+    if predicted_from != fingerprint(test, ids):
+        raise UserError(f"{masks} was predicted from another test set than "
+                        f"{path(work, TEST_IMAGES)} and {TEST_IDS}.npy: {again}")

@@ -120,9 +120,9 @@ def save_records(run, out, frames, grid):
 
 def save_config(run, frames, working, result, seconds, out):
     """config.json, which predict.py reads (the folds, the tuned post-processing, the working
-    size's scale, the scores, the recipe, options and plan), staged in `out` with the folds'
-    models and histories; the backups go at the commit (the run is complete: nothing left to
-    resume)."""
+    size's scale, the scores, the training data's fingerprint, the recipe, options and plan),
+    staged in `out` with the folds' models and histories; the backups go at the commit (the run
+    is complete: nothing left to resume)."""
     post, scores, untuned = result
     r, p = run.recipe, run.plan
     class_scores = {c: {"dice": d, "iou": j} for c, (d, j) in scores.items()}
@@ -130,7 +130,7 @@ def save_config(run, frames, working, result, seconds, out):
         folds=[f"fold{n}.keras" for n in p.folds], **post, tta=run.options.tta,
         scale=working.scale, tile=r.patch, original_size=list(frames.images.shape[1:3]),
         validation_dice=metrics.overall(scores), validation_dice_untuned=untuned,
-        class_scores=class_scores, precision=p.precision, seconds=seconds,
+        class_scores=class_scores, precision=p.precision, data=run.data, seconds=seconds,
         recipe=dataclasses.asdict(r), options=dataclasses.asdict(run.options), plan=p.to_dict())
     out.stage(run.model_dir / config.NAME).write_text(config.to_json(saved))
     for fold in p.folds:

@@ -1,5 +1,5 @@
-"""One run per workdir, and each step's outputs committed as one set (kit/files.py: workdir_lock,
-OutputSet)."""
+"""One run per workdir, each step's outputs committed as one set, and outputs made from other
+inputs refused (kit/files.py: workdir_lock, OutputSet; kit/arrays.py: fingerprint)."""
 
 import json
 import os
@@ -17,7 +17,7 @@ from folder_sets import write_pairs
 from test_data import make_competition
 from test_errors import assert_refused, snapshot
 
-from kit import files
+from kit import arrays, files
 
 TINY = ["--image-size", 32, 48, "--width", 4, "--depth", 2, "--folds", 3, "--epochs", 1,
         "--batch-size", 8, "-q"]
@@ -250,10 +250,68 @@ def test_data_py_killed_at_any_rename_leaves_the_old_arrays_or_the_whole_new_set
     run_script("train.py", "--workdir", middle, *TINY)
 
 
+# ---------------------------------------------------------------- predict.py
+
+
+@pytest.fixture(scope="module")
+def predicted(trained_demo, tmp_path_factory):
+    """A workdir with a model, masks predicted from its test set, then another test set of the
+    same count."""
+    work = tmp_path_factory.mktemp("predicted") / "work"
+    shutil.copytree(trained_demo[1], work)
+    (work / "submission.csv").unlink(missing_ok=True)
+    test, ids = np.load(work / "imgs_test.npy"), np.load(work / "imgs_id_test.npy")
+    np.save(work / "imgs_test.npy", test[::-1])
+    np.save(work / "imgs_id_test.npy", ids[::-1] + 500)
+    return work
+
+
+def predict_set(work):
+    names = ["imgs_mask_test.npy", "imgs_mask_test.json"]
+    outputs = {name: (work / name).read_bytes() for name in names}
+    outputs.update({f"preview/{p.name}": p.read_bytes() for p in (work / "preview").iterdir()})
+    return outputs
+
+
 def predict_main(work):
     import predict
 
     predict.main(["--workdir", str(work), "--previews", "3", "-q"])
+
+
+def test_predict_py_interrupted_at_any_rename_leaves_the_old_masks_or_the_whole_new_set(
+        predicted, tmp_path, monkeypatch):
+    import submission
+
+    new = tmp_path / "new"
+    shutil.copytree(predicted, new)
+    predict_main(new)
+    seen, k = [], 0
+    while True:
+        k += 1
+        work = tmp_path / f"killed{k}"
+        shutil.copytree(predicted, work)
+        calls = fail_at(monkeypatch, k)
+        try:
+            predict_main(work)
+        except KeyboardInterrupt:
+            pass
+        monkeypatch.undo()
+        next_step_recovers(work)
+        assert predict_set(work) in (predict_set(predicted), predict_set(new)), k
+        assert hidden(work) == [] and (work / "report.html").exists()
+        seen.append("old" if predict_set(work) == predict_set(predicted) else "new")
+        # The next step: the old masks are of the test set before, and refused.
+        if seen[-1] == "old":
+            with pytest.raises(files.UserError, match="predicted from another test set"):
+                submission.main(["--workdir", str(work), "--raw", str(work / "no-raw"), "-q"])
+        else:
+            submission.main(["--workdir", str(work), "--raw", str(work / "no-raw"), "-q"])
+            assert (work / "submission.csv").read_text().count("\n") == 1 + len(np.load(
+                work / "imgs_id_test.npy"))
+        if calls[0] < k:
+            break
+    assert "old" in seen and seen[-2:] == ["new", "new"] and k > 6
 
 
 # ---------------------------------------------------------------- train.py
@@ -321,3 +379,50 @@ def test_train_py_killed_at_any_rename_of_its_commit_leaves_the_old_model_or_the
     predict_main(middle)
     config = json.loads((middle / "model/config.json").read_text())
     assert config["folds"] == ["fold0.keras", "fold1.keras", "fold2.keras"]
+    assert config["data"] == arrays.training_fingerprint(np.load(work / "imgs_train.npy"),
+                                                         np.load(work / "imgs_mask_train.npy"), 1)
+
+
+# ---------------------------------------------------------------- outputs of other inputs
+
+
+def other_ids(raw, copy, shift=100):
+    """A copy of the demo competition whose test images carry other ids."""
+    shutil.copytree(raw, copy)
+    for path in sorted((copy / "test").glob("*.tif")):
+        path.rename(path.with_name(f"{int(path.stem) + shift}.tif"))
+    return copy
+
+
+def test_masks_of_another_test_set_are_refused_until_predict_py_runs_again(trained_demo,
+                                                                           tmp_path):
+    raw, source, _ = trained_demo
+    work = tmp_path / "work"
+    shutil.copytree(source, work)
+    run_script("submission.py", "--workdir", work, "--raw", raw, "-q")
+    # data.py on a test set of the same count with other ids, predict.py skipped:
+    run_script("data.py", "--raw", other_ids(raw, tmp_path / "raw"), "--workdir", work, "-q")
+    before = snapshot(work)
+    result = run_script("submission.py", "--workdir", work, "--raw", tmp_path / "raw",
+                        check=False)
+    assert_refused(result, [f"{work}/imgs_mask_test.npy was predicted from another test set "
+                            f"than {work}/imgs_test.npy", "run `python predict.py` again"])
+    assert snapshot(work) == before
+    run_script("predict.py", "--workdir", work, "-q")
+    run_script("submission.py", "--workdir", work, "--raw", tmp_path / "raw", "-q")
+    first = (work / "submission.csv").read_text().splitlines()[1].split(",")[0]
+    assert int(first) > 100  # the new ids, with their own predictions
+
+
+def test_a_model_of_other_training_arrays_is_refused_by_visualize(trained_demo, tmp_path):
+    raw, source, _ = trained_demo
+    work = tmp_path / "work"
+    shutil.copytree(source, work)
+    changed = tmp_path / "raw"
+    shutil.copytree(raw, changed)
+    frame = sorted((changed / "train").glob("*_1.tif"))[0]
+    frame.write_bytes((changed / "train" / frame.name.replace("_1.", "_2.")).read_bytes())
+    run_script("data.py", "--raw", changed, "--workdir", work, "-q")
+    result = run_script("visualize.py", "--workdir", work, "-n", 0, "--no-show", check=False)
+    assert_refused(result, [f"{work}/model was trained on other arrays than "
+                            f"{work}/imgs_train.npy", "run `python train.py` again"])
