@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kit import arrays, cli, metrics, rle
-from kit.files import COMPETITION, UserError, in_kaggle_notebook, workdir_lock
+from kit.files import COMPETITION, UserError, atomic_path, in_kaggle_notebook, workdir_lock
 
 log = logging.getLogger(__name__)
 FIX = "run `python data.py` and `python predict.py` first"
@@ -66,7 +66,9 @@ def check_ids(args, ids, classes):
             f" run `python data.py` again on the full test set")
 
 
-def encode(args, output, ids, classes, sizes, test, options):
+def encode(args, output, ids, classes, sizes, test, options, shape):
+    """Encode the final masks into `output`, which is replaced only by a CSV that reads back
+    valid; its rows."""
     masks = arrays.load(args.workdir, arrays.TEST_MASKS, "mask array", FIX, mmap=True)
     valid = masks.dtype == np.uint8 and masks[:16].max(initial=0) <= classes
     if masks.shape[:3] != test.shape[:3] or len(masks) != len(ids) or not valid:
@@ -75,7 +77,14 @@ def encode(args, output, ids, classes, sizes, test, options):
                         f"{masks.dtype}) does not match the test set ({len(ids)} ids, images "
                         f"{test.shape}) as {kind}: run `python predict.py` again")
     arrays.check_predicted_from(args.workdir, test, ids)
-    rle.write_submission(output, masks, ids, args.quiet, sizes, classes, *options)
+    with atomic_path(output) as tmp:
+        rle.write_submission(tmp, masks, ids, args.quiet, sizes, classes, *options)
+        try:
+            return rle.read_submission(tmp, shape, rle.row_ids(ids, classes), *options,
+                                       shown=output.name)
+        except UserError as e:
+            raise UserError(f"{output} left as it was: the new CSV fails its check ({e}): run "
+                            f"`python data.py` and `python predict.py` again") from None
 
 
 def print_local_score(args, rows, ids, sizes, classes, shape, options):
@@ -115,14 +124,15 @@ def write_or_check(args):
     output = args.check or args.output or work / "submission.csv"
     if args.check and not output.is_file():
         raise UserError(f"{output} not found: give --check the path of a submission CSV")
-    if not args.check:
-        encode(args, output, ids, classes, sizes, test, options)
     shape = (test.shape[1:3] if sizes is None else {
         key: tuple(sizes[n])
         for n, i in enumerate(ids)
         for key in rle.row_ids([i], classes)
     })
-    rows = rle.read_submission(output, shape, rle.row_ids(ids, classes), *options)
+    if args.check:
+        rows = rle.read_submission(output, shape, rle.row_ids(ids, classes), *options)
+    else:
+        rows = encode(args, output, ids, classes, sizes, test, options, shape)
     empty = sum(1 for r in rows.values() if not r)
     log.info(f"{len(rows)} rows ({empty} empty) {'in' if args.check else '->'} {output}")
     if args.truth or arrays.path(work, arrays.TEST_TRUTH).exists():

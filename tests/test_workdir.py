@@ -1,5 +1,6 @@
-"""One run per workdir, each step's outputs committed as one set, and outputs made from other
-inputs refused (kit/files.py: workdir_lock, OutputSet; kit/arrays.py: fingerprint)."""
+"""One run per workdir, each step's outputs committed as one set, outputs made from other inputs
+refused, and a new CSV checked before it replaces the old one (kit/files.py: workdir_lock,
+OutputSet; kit/arrays.py: fingerprint)."""
 
 import json
 import os
@@ -426,3 +427,21 @@ def test_a_model_of_other_training_arrays_is_refused_by_visualize(trained_demo, 
     result = run_script("visualize.py", "--workdir", work, "-n", 0, "--no-show", check=False)
     assert_refused(result, [f"{work}/model was trained on other arrays than "
                             f"{work}/imgs_train.npy", "run `python train.py` again"])
+
+
+def test_a_new_csv_that_fails_its_check_leaves_the_old_one_in_place(trained_demo, tmp_path):
+    raw, source, _ = trained_demo
+    work = tmp_path / "work"
+    shutil.copytree(source, work)
+    run_script("submission.py", "--workdir", work, "--raw", work / "no-raw", "-q")
+    test, ids = np.load(work / "imgs_test.npy"), np.load(work / "imgs_id_test.npy")
+    ids[1] = ids[0]  # two images of one id: the CSV would hold it twice
+    np.save(work / "imgs_id_test.npy", ids)
+    record = {"test": arrays.fingerprint(test, np.load(work / "imgs_id_test.npy"))}
+    (work / "imgs_mask_test.json").write_text(json.dumps(record))  # as if predicted so
+    before = snapshot(work)
+    result = run_script("submission.py", "--workdir", work, "--raw", work / "no-raw", "-q",
+                        check=False)
+    assert_refused(result, [f"{work}/submission.csv left as it was", f"id {ids[0]} appears twice",
+                            "python data.py"])
+    assert snapshot(work) == before  # the good CSV, byte for byte, and no temporary
