@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kit import arrays, cli, figures, images
-from kit.files import UserError, output_set, workdir_lock
+from kit.files import UserError, check_free_space, new_array, output_set, workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ def write_outputs(args, out, models, config, test, ids, sizes, tile):
     from kit.model import classes_of
 
     work = args.workdir
-    masks = np.lib.format.open_memmap(out.stage(arrays.path(work, arrays.TEST_MASKS)), mode="w+",
-                                      dtype=np.uint8, shape=test.shape[:3])
+    masks = new_array(out.stage(arrays.path(work, arrays.TEST_MASKS)), np.uint8, test.shape[:3])
     inference.predict_set(models, config, test, sizes, masks, args.batch_size, args.chunk, tile,
                           args.overlap, args.quiet)
     arrays.record_test_set(out, test, ids)
@@ -86,6 +85,7 @@ def main(argv=None):
         sizes = arrays.load_sizes(work, "test", len(test))
         tile = args.tile or config.tile
         check_fit(work, test, models, config, tile, sizes)
+        check_free_space(work, int(np.prod(test.shape[:3])), "the test masks")
         with output_set(work, "predict.py") as out:  # masks, record, previews, report: one set
             empty = write_outputs(args, out, models, config, test, ids, sizes, tile)
     log.info(f"{len(test)} masks ({empty:.0%} empty) -> {arrays.path(work, arrays.TEST_MASKS)}")

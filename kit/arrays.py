@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from kit import images
-from kit.files import OutputSet, UserError, load_npy
+from kit.files import OutputSet, UserError, check_free_space, load_npy, new_array
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,16 @@ def image_sizes(items, one_size):
     return np.array([images.image_size(image) for _, image, _ in items], np.int32).reshape(-1, 2)
 
 
+def set_bytes(sets, sizes, channels):
+    """The bytes of data.py's arrays: images and masks (test masks where kept) on each set's
+    canvas, and a few bytes a frame for the rest."""
+    total = 0
+    for split, items, masks in (("train", sets.train, 1), ("test", sets.test, sets.scored)):
+        h, w = sizes[split].max(0) if len(sizes[split]) else (0, 0)
+        total += len(items) * (int(h) * int(w) * (channels + int(bool(masks))) + 64)
+    return total
+
+
 def write_sets(sets, out, args, one_size):
     """Decode both sets (kit/layouts.py) into the arrays of `out` (files.OutputSet), which
     appear together at its commit once every file decoded. args: data.py's channels, classes,
@@ -156,6 +166,7 @@ def write_sets(sets, out, args, one_size):
     sizes = {"train": image_sizes(sets.train, one_size), "test": image_sizes(sets.test, one_size)}
     mixed = [split for split in sizes if len(np.unique(sizes[split], axis=0)) > 1]
     names = [size_name(split) for split in mixed] + [TEST_TRUTH] * sets.scored
+    check_free_space(out.work, set_bytes(sets, sizes, args.channels), "data.py's arrays")
     staged = stage_arrays(out, names, args.classes)
     decode = dict(channels=args.channels, table=table, workers=args.workers, quiet=args.quiet,
                   one_size=one_size)
@@ -185,9 +196,8 @@ def keep_training_frames(out, keep):
     names = [TRAIN_IMAGES, TRAIN_MASKS, SUBJECTS, size_name("train")]
     for name in [name for name in names if present(out, name)]:
         source = load(out, name, "training array", RERUN, mmap=True)
-        target = np.lib.format.open_memmap(out.stage(path(out.work, name)), mode="w+",
-                                           dtype=source.dtype,
-                                           shape=(len(keep), *source.shape[1:]))
+        target = new_array(out.stage(path(out.work, name)), source.dtype,
+                           (len(keep), *source.shape[1:]))
         for start in range(0, len(keep), 256):
             target[start:start + 256] = source[keep[start:start + 256]]
         target.flush()

@@ -29,7 +29,7 @@ import numpy as np
 
 from kit import figures
 from kit.cli import import_tensorflow
-from kit.files import UserError, atomic_path, dead_temporary
+from kit.files import UserError, atomic_path, check_free_space, dead_temporary, disk_errors
 from kit.recipe import Recipe, flag
 
 import_tensorflow()  # before Keras: hides TensorFlow's start-up noise
@@ -120,8 +120,7 @@ class TrainingState(keras.callbacks.Callback):
                 old.unlink()
 
     def save_weights(self, name):
-        with atomic_path(self.folder / name) as tmp:
-            self.model.save_weights(tmp)
+        save_model(self.model.save_weights, self.model, self.folder / name)
         return name
 
     # ------------------------------------------------------------ callback
@@ -148,6 +147,17 @@ class TrainingState(keras.callbacks.Callback):
         self.save(epoch=epoch + 1, best=best, best_epoch=best_epoch, best_weights=best_weights,
                   weights=weights, stopped=stopped, logs=logs,
                   rng=[np.asarray(v).tolist() for v in rng_variables(self.model)])
+
+
+def save_model(save, model, path):
+    """save(temporary path) of a model's weights or whole model: refused where the disk has no
+    room for it, and a full disk while saving said as one (h5py's words are its own)."""
+    variables = [*model.weights, *(model.optimizer.variables if model.optimizer else [])]
+    size = sum(4 * math.prod(v.shape) for v in variables)  # float32, or less
+    check_free_space(path.parent, size, f"{path.name} and the files beside it",
+                     "free some disk space, then run the same command with --resume")
+    with atomic_path(path) as tmp, disk_errors(path):
+        save(tmp)
 
 
 def read_state(folder):

@@ -2,6 +2,7 @@
 zips unpacked without surprises."""
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
@@ -103,6 +104,12 @@ def temporary(final, folder=False):
     return Path(tmp)
 
 
+def final_path(path):
+    """The path a temporary stands for (the one to name in messages), else `path` itself."""
+    match = TEMPORARY.match(Path(path).name)
+    return Path(path).with_name(match["name"]) if match else Path(path)
+
+
 def alive(pid):
     """Whether a process of this pid runs (a reused pid too: then a temporary is kept too long,
     never removed too soon)."""
@@ -132,7 +139,8 @@ def remove(path):
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; rename it into place only on success."""
+    """Yield a temporary path beside `path`; rename it into place only on success. A full disk
+    or another failure of the write names `path`, never the temporary."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):  # a killed run's
@@ -142,6 +150,10 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if not e.filename or Path(e.filename) == tmp:  # a failed write often names no file
+            e.filename = str(path)
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -307,8 +319,10 @@ def output_set(work, step):
     outputs = OutputSet(work, step)
     try:
         yield outputs
-    except BaseException:
+    except BaseException as e:
         outputs.discard()
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
+            e.filename = str(work)  # a write of np.save or a library says no more than that
         raise
     outputs.commit()
 
@@ -345,6 +359,65 @@ def move_into_place(source, final):
     elif source.exists():
         os.replace(source, final)
     remove(aside)
+
+
+# ---------------------------------------------------------------- a full disk
+
+SLACK = 2**20  # the small files beside the large ones (journal, records)
+NO_SPACE = "free some disk space, or use a --workdir on another disk"
+
+
+def megabytes(n):
+    return f"{n / 2**20:,.1f} MB"
+
+
+def check_free_space(folder, nbytes, what, fix=NO_SPACE):
+    """Refuse outputs the disk has no room for before any of them is written (the old set
+    stays until the new one is complete: it needs room of its own)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if nbytes + SLACK > free:
+        raise UserError(f"{what} need {megabytes(nbytes + SLACK)} but {folder} has "
+                        f"{megabytes(free)} free: {fix}")
+
+
+def reserve(path, nbytes):
+    """Allocate a new file's blocks before it is written through a memory map: writing a page
+    the disk has no room for kills the process with SIGBUS ("Bus error"), an error here."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: the free-space check alone
+        return
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, nbytes)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{final_path(path)}: no space left on device for its "
+                            f"{megabytes(nbytes)}: {NO_SPACE}") from None
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # filesystems without it
+            raise
+
+
+def new_array(path, dtype, shape):
+    """A new .npy file of this shape, memory-mapped for writing, its blocks allocated first."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))
+    reserve(path, os.path.getsize(path))
+    return array
+
+
+@contextlib.contextmanager
+def disk_errors(path):
+    """A full disk as libraries that write files their own way report it (h5py: a RuntimeError
+    quoting errno 28) becomes the OSError ENOSPC it is, naming `path` (see cli.explain)."""
+    try:
+        yield
+    except Exception as e:
+        full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or
+                "No space left" in str(e) or "errno = 28" in str(e))
+        if not full:
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final_path(path))) from None
 
 
 # ---------------------------------------------------------------- zips

@@ -13,7 +13,7 @@ import numpy as np
 
 from kit import budget, callbacks, dataset, encoders, evaluation, model
 from kit.cli import import_tensorflow
-from kit.files import UserError, atomic_path
+from kit.files import UserError
 from kit.images import resize_stack
 from kit.recipe import ENCODERS, Plan
 
@@ -340,8 +340,7 @@ def train_fold(run, fold, train, val, mean, std, deadline):
                     f"to continue")
         raise KeyboardInterrupt
     state.load_best(net)  # else no epoch completed (time limit): the model as it is
-    with atomic_path(final) as tmp:
-        net.save(tmp)
+    callbacks.save_model(net.save, net, final)
     state.save(done=True)
 
 
