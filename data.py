@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kit import arrays, cli, demo, duplicates, layouts
 from kit.files import COMPETITION, UserError, has_train_test, in_kaggle_notebook
-from kit.files import kaggle_input_root, unpack_zips
+from kit.files import kaggle_input_root, output_set, unpack_zips, workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +103,14 @@ def main(argv=None):
     if not folders and (args.channels != 1 or args.classes != 1):
         raise UserError("the competition's frames are grayscale with binary masks: --channels and "
                         "--classes are for --images/--dsb folders")
-    sets = (layouts.folders(args)
-            if folders else layouts.competition(competition_folder(args), args.skip_unpaired))
-    arrays.write_sets(sets, args.workdir, args, one_size=not folders)
-    # Read back from the arrays just written: the one place every layout's frames meet.
-    duplicates.check(args.workdir, [stem for stem, _, _ in sets.train], args.drop_contradictions,
-                     args.similarity)
+    with workdir_lock(args.workdir, "data.py"):
+        sets = (layouts.folders(args)
+                if folders else layouts.competition(competition_folder(args), args.skip_unpaired))
+        with output_set(args.workdir, "data.py") as out:  # the arrays appear together, or none
+            arrays.write_sets(sets, out, args, one_size=not folders)
+            # Read back from the arrays just written: the one place every layout's frames meet.
+            duplicates.check(out, [stem for stem, _, _ in sets.train], args.drop_contradictions,
+                             args.similarity)
 
 
 if __name__ == "__main__":

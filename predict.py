@@ -6,8 +6,10 @@
 Reads --workdir/imgs_test.npy and model/ (every fold listed in config.json is averaged) and
 writes imgs_mask_test.npy: (N, H, W) uint8 at the original size, in the order of
 imgs_id_test.npy, with the tuned threshold and minimum area applied: {0, 1}, or labels 0..K
-for a model of K classes. Also a few preview PNGs in preview/, and report.html: the run at a
-glance (see kit/report.py).
+for a model of K classes; beside it imgs_mask_test.json, the fingerprint of the test arrays
+they were predicted from (submission.py checks it). Also a few preview PNGs in preview/, and
+report.html: the run at a glance (see kit/report.py). All of them replace the previous ones
+together, once complete.
 """
 
 import logging
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kit import arrays, cli, figures, images
-from kit.files import UserError, atomic_path
+from kit.files import UserError, check_free_space, new_array, output_set, workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -50,32 +52,43 @@ def check_fit(work, test, models, config, tile, sizes):
                         f"`python data.py` and `python train.py` on this competition's data")
 
 
-def main(argv=None):
-    args = get_args(argv)
-    cli.setup_logging(args)
-    from kit import inference, report  # TensorFlow, once -v is known
+def write_outputs(args, out, models, config, test, ids, sizes, tile):
+    """The final masks with the record of the test arrays they come from, the previews and the
+    report, staged in `out` (files.OutputSet); returns the share of empty masks."""
+    from kit import inference, report
     from kit.model import classes_of
 
     work = args.workdir
-    test, ids = arrays.load_test_set(work)
-    models, config = inference.load_models(work / "model")
-    sizes = arrays.load_sizes(work, "test", len(test))
-    tile = args.tile or config.tile
-    check_fit(work, test, models, config, tile, sizes)
+    masks = new_array(out.stage(arrays.path(work, arrays.TEST_MASKS)), np.uint8, test.shape[:3])
+    inference.predict_set(models, config, test, sizes, masks, args.batch_size, args.chunk, tile,
+                          args.overlap, args.quiet)
+    arrays.record_test_set(out, test, ids)
+    n = min(args.previews, len(test))
+    figures.save_previews(out.stage(work / "preview", folder=True), test[:n], masks[:n], ids[:n],
+                          None if sizes is None else sizes[:n])
+    if args.png:
+        images.save_pngs(args.png, masks, ids, sizes, classes_of(models[0]) == 1)
+    masks.flush()
+    report.write_report(work, models, config, masks, out.stage(work / "report.html"))
+    return float((masks.reshape(len(masks), -1).max(1) == 0).mean())
 
-    with atomic_path(arrays.path(work, arrays.TEST_MASKS)) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=test.shape[:3])
-        inference.predict_set(models, config, test, sizes, out, args.batch_size, args.chunk, tile,
-                              args.overlap, args.quiet)
-        n = min(args.previews, len(test))
-        figures.save_previews(work / "preview", test[:n], out[:n], ids[:n],
-                              None if sizes is None else sizes[:n])
-        if args.png:
-            images.save_pngs(args.png, out, ids, sizes, classes_of(models[0]) == 1)
-        empty = float((out.reshape(len(out), -1).max(1) == 0).mean())
-        del out
+
+def main(argv=None):
+    args = get_args(argv)
+    cli.setup_logging(args)
+    work = args.workdir
+    with workdir_lock(work, "predict.py"):
+        from kit import inference  # TensorFlow, once -v is known
+
+        test, ids = arrays.load_test_set(work)
+        models, config = inference.load_models(work / "model")
+        sizes = arrays.load_sizes(work, "test", len(test))
+        tile = args.tile or config.tile
+        check_fit(work, test, models, config, tile, sizes)
+        check_free_space(work, int(np.prod(test.shape[:3])), "the test masks")
+        with output_set(work, "predict.py") as out:  # masks, record, previews, report: one set
+            empty = write_outputs(args, out, models, config, test, ids, sizes, tile)
     log.info(f"{len(test)} masks ({empty:.0%} empty) -> {arrays.path(work, arrays.TEST_MASKS)}")
-    report.write_report(work, models, config)
 
 
 if __name__ == "__main__":

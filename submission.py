@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kit import arrays, cli, metrics, rle
-from kit.files import COMPETITION, UserError, in_kaggle_notebook
+from kit.files import COMPETITION, UserError, atomic_path, in_kaggle_notebook, workdir_lock
 
 log = logging.getLogger(__name__)
 FIX = "run `python data.py` and `python predict.py` first"
@@ -66,15 +66,25 @@ def check_ids(args, ids, classes):
             f" run `python data.py` again on the full test set")
 
 
-def encode(args, output, ids, classes, sizes, test_shape, options):
+def encode(args, output, ids, classes, sizes, test, options, shape):
+    """Encode the final masks into `output`, which is replaced only by a CSV that reads back
+    valid; its rows."""
     masks = arrays.load(args.workdir, arrays.TEST_MASKS, "mask array", FIX, mmap=True)
     valid = masks.dtype == np.uint8 and masks[:16].max(initial=0) <= classes
-    if masks.shape[:3] != test_shape[:3] or len(masks) != len(ids) or not valid:
+    if masks.shape[:3] != test.shape[:3] or len(masks) != len(ids) or not valid:
         kind = "binary masks" if classes == 1 else f"label masks 0..{classes}"
         raise UserError(f"{arrays.path(args.workdir, arrays.TEST_MASKS)} (shape {masks.shape}, "
                         f"{masks.dtype}) does not match the test set ({len(ids)} ids, images "
-                        f"{test_shape}) as {kind}: run `python predict.py` again")
-    rle.write_submission(output, masks, ids, args.quiet, sizes, classes, *options)
+                        f"{test.shape}) as {kind}: run `python predict.py` again")
+    arrays.check_predicted_from(args.workdir, test, ids)
+    with atomic_path(output) as tmp:
+        rle.write_submission(tmp, masks, ids, args.quiet, sizes, classes, *options)
+        try:
+            return rle.read_submission(tmp, shape, rle.row_ids(ids, classes), *options,
+                                       shown=output.name)
+        except UserError as e:
+            raise UserError(f"{output} left as it was: the new CSV fails its check ({e}): run "
+                            f"`python data.py` and `python predict.py` again") from None
 
 
 def print_local_score(args, rows, ids, sizes, classes, shape, options):
@@ -101,35 +111,43 @@ def submit(args, output):
     print(f"public score: {score}")
 
 
-def main(argv=None):
-    args = get_args(argv)
-    cli.setup_logging(args)
-    if args.scores:
-        return print_scores(args.competition)
+def write_or_check(args):
+    """Write the CSV (or take the one --check names), check it, score it where the truth is
+    known, and submit it with --submit."""
     work = args.workdir
     ids = arrays.load(work, arrays.TEST_IDS, "test id array", FIX)
     classes = arrays.load_classes(work)
     sizes = arrays.load_sizes(work, "test", len(ids))
     check_ids(args, ids, classes)
-    test_shape = arrays.load(work, arrays.TEST_IMAGES, "test image array", FIX, mmap=True).shape
+    test = arrays.load(work, arrays.TEST_IMAGES, "test image array", FIX, mmap=True)
     options = (f"{args.id_column},{args.mask_column}", (args.rle_order, args.rle_start))
     output = args.check or args.output or work / "submission.csv"
     if args.check and not output.is_file():
         raise UserError(f"{output} not found: give --check the path of a submission CSV")
-    if not args.check:
-        encode(args, output, ids, classes, sizes, test_shape, options)
-    shape = (test_shape[1:3] if sizes is None else {
+    shape = (test.shape[1:3] if sizes is None else {
         key: tuple(sizes[n])
         for n, i in enumerate(ids)
         for key in rle.row_ids([i], classes)
     })
-    rows = rle.read_submission(output, shape, rle.row_ids(ids, classes), *options)
+    if args.check:
+        rows = rle.read_submission(output, shape, rle.row_ids(ids, classes), *options)
+    else:
+        rows = encode(args, output, ids, classes, sizes, test, options, shape)
     empty = sum(1 for r in rows.values() if not r)
     log.info(f"{len(rows)} rows ({empty} empty) {'in' if args.check else '->'} {output}")
     if args.truth or arrays.path(work, arrays.TEST_TRUTH).exists():
         print_local_score(args, rows, ids, sizes, classes, shape, options)
     if args.submit:
         submit(args, output)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    cli.setup_logging(args)
+    if args.scores:
+        return print_scores(args.competition)
+    with workdir_lock(args.workdir, "submission.py"):
+        write_or_check(args)
 
 
 if __name__ == "__main__":

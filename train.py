@@ -7,11 +7,13 @@
     python train.py --patch 256           # 256x256 patches of large images, own scale
 
 Writes into --workdir/model/: fold<i>.keras (the network, with its working size and pixel
-statistics inside), config.json (threshold, minimum area, scores, the recipe and the plan:
-kit/config.py), history_fold<i>.csv and curves.png (every epoch), validation.csv (each
-validation frame's Dice), tuning.csv (the scores the threshold and minimum area were picked
-from), oof.npz (the out-of-fold probabilities; with --gate, each frame's presence too), and
-backup_fold<i>/ until the run completes (for --resume).
+statistics inside), config.json (threshold, minimum area, scores, the recipe, the plan and the
+training data's fingerprint: kit/config.py), history_fold<i>.csv and curves.png (every epoch),
+validation.csv (each validation frame's Dice), tuning.csv (the scores the threshold and minimum
+area were picked from), oof.npz (the out-of-fold probabilities; with --gate, each frame's
+presence too), all committed together at the end: until then the folder holds the previous
+run's. While a fold trains, model/backup_fold<i>/ holds its state (for --resume), its model
+once trained, and its history_fold<i>.csv and curves.png, redrawn as it goes.
 
 What the run is asked lives in kit/recipe.py (Recipe: what the training computes; Options: how
 this run goes), what it derives from the data and the machine in its Plan (kit/budget.py); the
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 from kit import cli
+from kit.files import output_set, workdir_lock
 from kit.recipe import (BINARY_LOSSES, CATEGORICAL_LOSSES, ENCODERS, PRECISIONS, PRESETS,
                         SCHEDULES, Options, Recipe, check)
 
@@ -110,28 +113,31 @@ def main(argv=None):
     cli.setup_logging(args)
     recipe, options = Recipe.from_args(args), Options.from_args(args)  # bad values stop here
     check(recipe, options)
-    # TensorFlow loads here, once the options are known good: a typo is answered at once.
-    from kit import budget, dataset, evaluation, training
+    with workdir_lock(options.workdir, "train.py"):
+        # TensorFlow loads here, once the options are known good: a typo is answered at once.
+        from kit import budget, dataset, evaluation, training
 
-    started = time.time()  # --time-limit counts from here, after the imports, as it always did
-    frames = dataset.load_frames(options.workdir)
-    data = frames.fingerprint()
-    saved = training.interrupted_plan(recipe, options, data)  # --resume: its plan, checked
-    precision = saved.precision if saved else training.choose_precision(recipe.precision)
-    strategy = training.start(recipe.seed, precision, options.gpus)
-    timer = training.step_timer(recipe, options, data, strategy, frames)
-    plan = budget.plan_run(recipe, options, frames, precision, timer, time.time() - started,
-                           saved)
-    run = training.Run(recipe, options, plan, data, strategy)
-    if options.summary:
-        return training.print_summary(run)
-    log.info(training.describe(run, frames))
-    working = dataset.to_working_size(frames, plan.size, recipe.patch)
-    run.model_dir.mkdir(parents=True, exist_ok=True)
-    seconds = {"before training": round(time.time() - started, 1)}
-    oof = training.train_folds(run, frames, working, started)
-    result = evaluation.evaluate(run, oof, frames, working)
-    evaluation.save_config(run, frames, working, result, {**seconds, "training": oof.seconds})
+        started = time.time()  # --time-limit counts from here, after the imports, as it did
+        frames = dataset.load_frames(options.workdir)
+        data = frames.fingerprint()
+        saved = training.interrupted_plan(recipe, options, data)  # --resume: its plan, checked
+        precision = saved.precision if saved else training.choose_precision(recipe.precision)
+        strategy = training.start(recipe.seed, precision, options.gpus)
+        timer = training.step_timer(recipe, options, data, strategy, frames)
+        plan = budget.plan_run(recipe, options, frames, precision, timer, time.time() - started,
+                               saved)
+        run = training.Run(recipe, options, plan, data, strategy)
+        if options.summary:
+            return training.print_summary(run)
+        log.info(training.describe(run, frames))
+        working = dataset.to_working_size(frames, plan.size, recipe.patch)
+        run.model_dir.mkdir(parents=True, exist_ok=True)
+        seconds = {"before training": round(time.time() - started, 1)}
+        oof = training.train_folds(run, frames, working, started)
+        with output_set(options.workdir, "train.py") as out:  # the model folder, as one set
+            result = evaluation.evaluate(run, oof, frames, working, out)
+            evaluation.save_config(run, frames, working, result,
+                                   {**seconds, "training": oof.seconds}, out)
     log.info(f"trained in {time.time() - started:.0f} s, {sum(oof.seconds):.0f} s of them in "
              f"training -> {run.model_dir}")
 

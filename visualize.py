@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from kit import cli, figures
-from kit.files import UserError
+from kit.files import UserError, workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -66,33 +66,36 @@ def chosen_cases(args, models, config):
     return shown, [f"{args.set}_{p}" for p in args.index]
 
 
+def sheets(args, shown, names, output, figure):
+    """The figures to write, each with its path: one per frame, or with --grid one sheet."""
+    if args.grid:
+        name = (f"val_worst{len(shown)}"
+                if args.worst is not None else f"{'images' if args.image else args.set}_grid")
+        return [(figures.draw_cases(shown, figure=figure), output / f"{name}.png")]
+    return [(figures.draw_cases([case], figure=figure, dpi=100), output / f"{name}.png")
+            for case, name in zip(shown, names)]
+
+
 def main(argv=None):
     args = get_args(argv)
     cli.setup_logging(args)
     work = args.workdir
     show = args.show and has_display()
     output = args.output or work / "visualize"
-    from kit.inference import load_models  # TensorFlow, once -v is known
-
-    models, config = load_models(work / "model")
     if args.worst is not None and args.set != "val":
         raise UserError("--worst picks validation frames: leave out --set, or use --set val")
-
-    shown, names = chosen_cases(args, models, config)
     figure = None
     if show:
         import matplotlib.pyplot as plt
 
         figure = plt.figure
-    if args.grid:
-        name = (f"val_worst{len(shown)}"
-                if args.worst is not None else f"{'images' if args.image else args.set}_grid")
-        sheets = [(figures.draw_cases(shown, figure=figure), output / f"{name}.png")]
-    else:
-        sheets = [(figures.draw_cases([case], figure=figure, dpi=100), output / f"{name}.png")
-                  for case, name in zip(shown, names)]
-    for fig, path in sheets:
-        log.info(f"-> {figures.save(fig, path)}")
+    with workdir_lock(work, "visualize.py"):  # released before the window: it may stay open
+        from kit.inference import load_models  # TensorFlow, once -v is known
+
+        models, config = load_models(work / "model")
+        shown, names = chosen_cases(args, models, config)
+        for fig, path in sheets(args, shown, names, output, figure):
+            log.info(f"-> {figures.save(fig, path)}")
     if show:
         plt.show()
 

@@ -161,7 +161,8 @@ def bench(name, recipe, data, args, budget=None):
     shutil.rmtree(work, ignore_errors=True)
     write_arrays(work, x, y, subjects, tx)
     if args.drop_contradictions and recipe != "tutorial":
-        dropped = duplicates.check(work, [str(i) for i in range(len(x))], drop=True)
+        with files.output_set(work, "bench") as out:
+            dropped = duplicates.check(out, [str(i) for i in range(len(x))], drop=True)
         print(f"  (--drop-contradictions: {len(dropped)} of {len(x)} training frames dropped)")
     root = args.baseline if recipe == "baseline" else ROOT
     flags = RECIPES[recipe] + (args.extra if recipe != "tutorial" else [])

@@ -160,15 +160,17 @@ def data_kit(base, v):
     for contradicting near-duplicates."""
     from types import SimpleNamespace
     from kit import arrays, duplicates, layouts
+    from kit.files import output_set
 
     out = base / "data-kit"
     options = SimpleNamespace(channels=1, classes=1, label_map=[], workers=os.cpu_count(),
                               quiet=True)
     started = time.perf_counter()
     sets = layouts.competition(base / "raw", False)
-    arrays.write_sets(sets, out, options, one_size=True)
-    decoded = time.perf_counter() - started
-    duplicates.check(out, [stem for stem, _, _ in sets.train])
+    with output_set(out, "bench") as staged:
+        arrays.write_sets(sets, staged, options, one_size=True)
+        decoded = time.perf_counter() - started
+        duplicates.check(staged, [stem for stem, _, _ in sets.train])
     seconds = time.perf_counter() - started
     report(
         images=2 * v["pairs"] + v["tests"], seconds=seconds, output_bytes=npy_bytes(out),

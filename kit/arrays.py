@@ -9,18 +9,22 @@ are written together, and how they are read back and checked.
     imgs_size_<split>.npy   (N, 2)                  each image's own (H, W), where sizes differ
     imgs_truth_test.npy     (M, H, W) uint8         test masks, where given (scored locally)
     imgs_mask_test.npy      (M, H, W) uint8         the final test masks (predict.py)
+    imgs_mask_test.json     {"test": fingerprint}   the test arrays they were predicted from
     data.json               {"classes": K}          foreground classes of the masks
+
+data.py writes its arrays as one set, predict.py its masks with their record (files.OutputSet):
+a kill leaves the old set or the whole new one.
 """
 
-import contextlib
 import json
 import logging
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from kit import images
-from kit.files import UserError, atomic_path, load_npy
+from kit.files import OutputSet, UserError, check_free_space, load_npy, new_array
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,7 @@ TRAIN_IMAGES, TRAIN_MASKS, SUBJECTS = "imgs_train", "imgs_mask_train", "imgs_sub
 TEST_IMAGES, TEST_IDS, TEST_TRUTH = "imgs_test", "imgs_id_test", "imgs_truth_test"
 TEST_MASKS = "imgs_mask_test"
 ALWAYS = (TRAIN_IMAGES, TRAIN_MASKS, SUBJECTS, TEST_IMAGES, TEST_IDS)
+MASKS_RECORD = "imgs_mask_test.json"
 RERUN = "run `python data.py` again"
 FIRST = "run `python data.py` first"
 
@@ -36,21 +41,60 @@ def size_name(split):
     return f"imgs_size_{split}"
 
 
+def workdir(work):
+    """The folder of `work`: a workdir, or a set of outputs being written into one."""
+    return work.work if isinstance(work, OutputSet) else Path(work)
+
+
+def located(work, filename):
+    """<work>/<filename>; while a step writes a new set into the workdir (work: its
+    files.OutputSet), where that set's file lies now: staged, the one already there, or None
+    where the new set has none."""
+    if isinstance(work, OutputSet):
+        return work.path(work.work / filename)
+    return Path(work) / filename
+
+
 def path(work, name):
-    return Path(work) / f"{name}.npy"
+    return located(work, f"{name}.npy")
 
 
-@contextlib.contextmanager
-def writing(work, names, classes):
-    """Temporary paths {name: path} for a data.py run's arrays; on success they all appear
-    together, with data.json, and no array of an earlier run that this one lacks lingers."""
+def present(work, name):
+    return path(work, name) is not None and path(work, name).exists()
+
+
+def fingerprint(*arrays, samples=64):
+    """What identifies a set of arrays, one frame each along the first axis (images and masks,
+    test images and ids), without reading them whole: the frames' count and shape, and a CRC of
+    up to `samples` frames spread over the set, and of 1-D arrays (ids, subjects: small) whole.
+    Contents only: the same arrays written again, or copied, have the same fingerprint."""
+    n = len(arrays[0])
+    crc = 0
+    for i in range(0, n, max(1, n // samples)):
+        for a in arrays:
+            if a.ndim > 1:
+                crc = zlib.crc32(np.ascontiguousarray(a[i]), crc)
+    for a in arrays:
+        if a.ndim == 1:
+            crc = zlib.crc32(np.ascontiguousarray(a), crc)
+    return {"frames": n, "shape": list(arrays[0].shape[1:]), "checksum": crc}
+
+
+def training_fingerprint(images, masks, classes):
+    """The training arrays' fingerprint, as --resume and the model's config.json record it."""
+    return {**fingerprint(images, masks), "classes": classes}
+
+
+def stage_arrays(out, names, classes):
+    """Staged files {name: path} in `out` (files.OutputSet) for a data.py run's arrays, with
+    data.json beside them; the optional arrays of an earlier run that this one lacks go."""
     names = list(ALWAYS) + [n for n in names if n not in ALWAYS]
-    with contextlib.ExitStack() as stack:
-        yield {name: stack.enter_context(atomic_path(path(work, name))) for name in names}
-        with atomic_path(Path(work) / "data.json") as info:
-            info.write_text(json.dumps({"classes": classes}, indent=2))
+    staged = {name: out.stage(path(out.work, name)) for name in names}
+    out.stage(out.work / "data.json").write_text(json.dumps({"classes": classes}, indent=2))
     for name in {size_name("train"), size_name("test"), TEST_TRUTH} - set(names):
-        path(work, name).unlink(missing_ok=True)
+        if path(out.work, name).exists():
+            out.remove(path(out.work, name))
+    return staged
 
 
 def load(work, name, what, fix=FIRST, mmap=False):
@@ -62,10 +106,10 @@ def load_training_set(work):
     masks = load(work, TRAIN_MASKS, "mask array", mmap=True)
     subjects = load(work, SUBJECTS, "subject array")
     if images.shape[:3] != masks.shape[:3] or len(subjects) != len(images):
-        raise UserError(f"the arrays in {work} do not match ({images.shape}, {masks.shape}, "
-                        f"{subjects.shape}): {RERUN}")
+        raise UserError(f"the arrays in {workdir(work)} do not match ({images.shape}, "
+                        f"{masks.shape}, {subjects.shape}): {RERUN}")
     if images.dtype != "uint8" or masks.dtype != "uint8":
-        raise UserError(f"the arrays in {work} are not uint8: {RERUN}")
+        raise UserError(f"the arrays in {workdir(work)} are not uint8: {RERUN}")
     return images, masks, subjects
 
 
@@ -79,7 +123,7 @@ def load_test_set(work):
 
 def load_sizes(work, split, n):
     """Each image's own (H, W) where a set mixes sizes, else None (all are the arrays' size)."""
-    if not path(work, size_name(split)).exists():
+    if not present(work, size_name(split)):
         return None
     sizes = load(work, size_name(split), "size array", RERUN)
     if sizes.shape != (n, 2):
@@ -90,7 +134,7 @@ def load_sizes(work, split, n):
 
 def load_classes(work):
     """Foreground classes of the masks: 1 for binary masks, K for labels 0..K."""
-    info = Path(work) / "data.json"
+    info = located(work, "data.json")
     if not info.exists():
         return 1
     try:
@@ -112,47 +156,84 @@ def image_sizes(items, one_size):
     return np.array([images.image_size(image) for _, image, _ in items], np.int32).reshape(-1, 2)
 
 
-def write_sets(sets, work, args, one_size):
-    """Decode both sets (kit/layouts.py) into the arrays, which appear together once every file
-    decoded. args: data.py's channels, classes, label_map, workers and quiet."""
+def set_bytes(sets, sizes, channels):
+    """The bytes of data.py's arrays: images and masks (test masks where kept) on each set's
+    canvas, and a few bytes a frame for the rest."""
+    total = 0
+    for split, items, masks in (("train", sets.train, 1), ("test", sets.test, sets.scored)):
+        h, w = sizes[split].max(0) if len(sizes[split]) else (0, 0)
+        total += len(items) * (int(h) * int(w) * (channels + int(bool(masks))) + 64)
+    return total
+
+
+def write_sets(sets, out, args, one_size):
+    """Decode both sets (kit/layouts.py) into the arrays of `out` (files.OutputSet), which
+    appear together at its commit once every file decoded. args: data.py's channels, classes,
+    label_map, workers and quiet."""
     table = images.label_table(args.classes, args.label_map)
     sizes = {"train": image_sizes(sets.train, one_size), "test": image_sizes(sets.test, one_size)}
     mixed = [split for split in sizes if len(np.unique(sizes[split], axis=0)) > 1]
     names = [size_name(split) for split in mixed] + [TEST_TRUTH] * sets.scored
-    with writing(work, names, args.classes) as out:
-        decode = dict(channels=args.channels, table=table, workers=args.workers, quiet=args.quiet,
-                      one_size=one_size)
-        images.decode_set({
-            "images": out[TRAIN_IMAGES],
-            "masks": out[TRAIN_MASKS]
-        }, sets.train, sizes["train"], desc="train", **decode)
-        test_out = {"images": out[TEST_IMAGES]}
-        if sets.scored:
-            test_out["masks"] = out[TEST_TRUTH]
-        images.decode_set(test_out, sets.test, sizes["test"], desc="test", **decode)
-        np.save(out[SUBJECTS], sets.subjects)
-        np.save(out[TEST_IDS], sets.ids)
-        for split in mixed:
-            np.save(out[size_name(split)], sizes[split])
+    check_free_space(out.work, set_bytes(sets, sizes, args.channels), "data.py's arrays")
+    staged = stage_arrays(out, names, args.classes)
+    decode = dict(channels=args.channels, table=table, workers=args.workers, quiet=args.quiet,
+                  one_size=one_size)
+    images.decode_set({
+        "images": staged[TRAIN_IMAGES],
+        "masks": staged[TRAIN_MASKS]
+    }, sets.train, sizes["train"], desc="train", **decode)
+    test_out = {"images": staged[TEST_IMAGES]}
+    if sets.scored:
+        test_out["masks"] = staged[TEST_TRUTH]
+    images.decode_set(test_out, sets.test, sizes["test"], desc="test", **decode)
+    np.save(staged[SUBJECTS], sets.subjects)
+    np.save(staged[TEST_IDS], sets.ids)
+    for split in mixed:
+        np.save(staged[size_name(split)], sizes[split])
     kinds = len(np.unique(np.concatenate(list(sizes.values())), axis=0))
     log.info(f"{len(sets.train)} training images of {len(set(sets.subjects.tolist()))} subjects, "
              f"{len(sets.test)} test images ({kinds} size(s), {args.channels} channel(s), "
              f"{args.classes} foreground class(es)){', test masks kept' if sets.scored else ''}"
-             f" -> {work}")
+             f" -> {out.work}")
 
 
-def keep_training_frames(work, keep):
-    """Rewrite the training arrays (images, masks, subjects, sizes where present) with only the
-    frames `keep` (sorted indices), a chunk at a time: never the whole set in memory."""
+def keep_training_frames(out, keep):
+    """Stage the training arrays of `out` (files.OutputSet: images, masks, subjects, sizes
+    where present) again with only the frames `keep` (sorted indices), a chunk at a time: never
+    the whole set in memory."""
     names = [TRAIN_IMAGES, TRAIN_MASKS, SUBJECTS, size_name("train")]
-    names = [name for name in names if path(work, name).exists()]
-    with contextlib.ExitStack() as stack:
-        for name in names:
-            source = load(work, name, "training array", RERUN, mmap=True)
-            tmp = stack.enter_context(atomic_path(path(work, name)))
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=source.dtype,
-                                            shape=(len(keep), *source.shape[1:]))
-            for start in range(0, len(keep), 256):
-                out[start:start + 256] = source[keep[start:start + 256]]
-            out.flush()
-            del out, source  # closes both maps before the renames
+    for name in [name for name in names if present(out, name)]:
+        source = load(out, name, "training array", RERUN, mmap=True)
+        target = new_array(out.stage(path(out.work, name)), source.dtype,
+                           (len(keep), *source.shape[1:]))
+        for start in range(0, len(keep), 256):
+            target[start:start + 256] = source[keep[start:start + 256]]
+        target.flush()
+        del target, source  # closes both maps
+
+
+# ---------------------------------------------------------------- what the masks came from
+
+
+def record_test_set(out, test, ids):
+    """Beside the masks predict.py stages in `out`: the test arrays they are predicted from."""
+    record = {"test": fingerprint(test, ids)}
+    out.stage(out.work / MASKS_RECORD).write_text(json.dumps(record, indent=1))
+
+
+def check_predicted_from(work, test, ids):
+    """The final masks must be predictions of these test arrays: not of a test set that
+    data.py has replaced since predict.py ran."""
+    record, masks = Path(work) / MASKS_RECORD, path(work, TEST_MASKS)
+    again = "run `python predict.py` again"
+    if not record.exists():  # masks made by other means, or by an older kit
+        log.warning(f"{masks} has no {record.name} saying which test set it was predicted "
+                    f"from: if data.py ran since, {again}")
+        return
+    try:
+        predicted_from = json.loads(record.read_text())["test"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{record} is damaged ({e}): {again}") from None
+    if predicted_from != fingerprint(test, ids):
+        raise UserError(f"{masks} was predicted from another test set than "
+                        f"{path(work, TEST_IMAGES)} and {TEST_IDS}.npy: {again}")

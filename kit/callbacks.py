@@ -5,9 +5,12 @@ Interrupted training, and train.py --resume:
 
 While fold i trains, model/backup_fold<i>/ holds state.json (epochs done, the best score so far,
 the last epoch's logs, the random generators' states, the run's recipe, plan and a fingerprint
-of its training data) and the weights it names: the model's and optimizer's after the last epoch, and the best epoch's model.
-Each file is renamed into place and state.json last, so a run killed at any moment leaves the
-last completed epoch intact. An epoch cut short (time limit, Ctrl-C) is never saved: resuming
+of its training data) and the weights it names: the model's and optimizer's after the last
+epoch, and the best epoch's model; beside them the fold's history_fold<i>.csv and curves.png,
+and once the fold is trained its fold<i>.keras. They move into model/ when the whole run
+commits its model folder (kit/evaluation.py), which removes the backups. Each file is renamed
+into place and state.json last, so a run killed at any moment leaves the last completed epoch
+intact. An epoch cut short (time limit, Ctrl-C) is never saved: resuming
 starts it again. The data order and augmentation depend only on (seed, epoch, step) (see
 kit/dataset.py), so a resumed run ends as an uninterrupted one with the same seed would.
 """
@@ -17,6 +20,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import signal
 import time
 from pathlib import Path
@@ -25,7 +29,7 @@ import numpy as np
 
 from kit import figures
 from kit.cli import import_tensorflow
-from kit.files import UserError, atomic_path
+from kit.files import UserError, atomic_path, check_free_space, dead_temporary, disk_errors
 from kit.recipe import Recipe, flag
 
 import_tensorflow()  # before Keras: hides TensorFlow's start-up noise
@@ -34,6 +38,7 @@ import keras  # noqa: E402
 log = logging.getLogger(__name__)
 
 STATE = "state.json"
+WEIGHTS = re.compile(r"(epoch|best)\d+\.weights\.h5")  # the files TrainingState writes
 
 
 def rng_variables(model):
@@ -107,14 +112,15 @@ class TrainingState(keras.callbacks.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.folder / STATE) as tmp:  # the commit point
             tmp.write_text(json.dumps(self.state, indent=1))
-        keep = {STATE, self.state["weights"], self.state["best_weights"]}
-        for old in self.folder.iterdir():  # older epochs, and what a killed run was writing
-            if old.name not in keep:
+        keep = {self.state["weights"], self.state["best_weights"]}
+        # Older epochs' weights, and what a killed run was writing; the rest of the folder (the
+        # fold's history, curves and model) is not the state's to delete.
+        for old in self.folder.iterdir():
+            if (WEIGHTS.fullmatch(old.name) and old.name not in keep) or dead_temporary(old):
                 old.unlink()
 
     def save_weights(self, name):
-        with atomic_path(self.folder / name) as tmp:
-            self.model.save_weights(tmp)
+        save_model(self.model.save_weights, self.model, self.folder / name)
         return name
 
     # ------------------------------------------------------------ callback
@@ -141,6 +147,17 @@ class TrainingState(keras.callbacks.Callback):
         self.save(epoch=epoch + 1, best=best, best_epoch=best_epoch, best_weights=best_weights,
                   weights=weights, stopped=stopped, logs=logs,
                   rng=[np.asarray(v).tolist() for v in rng_variables(self.model)])
+
+
+def save_model(save, model, path):
+    """save(temporary path) of a model's weights or whole model: refused where the disk has no
+    room for it, and a full disk while saving said as one (h5py's words are its own)."""
+    variables = [*model.weights, *(model.optimizer.variables if model.optimizer else [])]
+    size = sum(4 * math.prod(v.shape) for v in variables)  # float32, or less
+    check_free_space(path.parent, size, f"{path.name} and the files beside it",
+                     "free some disk space, then run the same command with --resume")
+    with atomic_path(path) as tmp, disk_errors(path):
+        save(tmp)
 
 
 def read_state(folder):

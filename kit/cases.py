@@ -56,9 +56,12 @@ def training_cases(work, positions, models, config, validation_only):
     A validated frame is predicted by its own fold's model, any other by all the models."""
     images, masks, subjects = arrays.load_training_set(work)
     table = validation_table(work / "model")
-    if table["index"].max() >= len(images):
-        raise UserError(f"{work}/model/validation.csv does not match {work}/imgs_train.npy: "
-                        f"run `python train.py` again on these arrays")
+    trained_on = config.data  # None: a model of an older kit, checked by its frame count alone
+    now = arrays.training_fingerprint(images, masks, arrays.load_classes(work))
+    if table["index"].max() >= len(images) or trained_on not in (None, now):
+        raise UserError(f"{work}/model was trained on other arrays than {work}/imgs_train.npy "
+                        f"(its validation.csv names other frames): run `python train.py` again "
+                        f"on these arrays")
     frames = table["index"].to_numpy() if validation_only else np.arange(len(images))
     check_positions(positions, len(frames), "val" if validation_only else "train")
     fold_of = dict(zip(table["index"].tolist(), table["fold"].tolist()))

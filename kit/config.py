@@ -25,6 +25,8 @@ class Config:
     validation_dice_untuned: float = None  # out of fold, threshold 0.5 and no minimum area
     class_scores: dict = None  # {class: {"dice", "iou"}}, tuned
     precision: str = "float32"
+    # The training arrays' fingerprint (kit/arrays.py): validation.csv's frames are theirs.
+    data: dict = None
     seconds: dict = None  # where the run's time went: "before training", "training" (per fold)
     # What train.py was given and what it derived (kit/recipe.py), for the report and for
     # whoever reads the run later: predict.py needs none of it.
@@ -33,9 +35,12 @@ class Config:
     plan: dict = dataclasses.field(default_factory=dict)
 
 
+def to_json(config):
+    return json.dumps(dataclasses.asdict(config), indent=2, default=str)
+
+
 def save(model_dir, config):
-    write_text(
-        Path(model_dir) / NAME, json.dumps(dataclasses.asdict(config), indent=2, default=str))
+    write_text(Path(model_dir) / NAME, to_json(config))
 
 
 def load(model_dir):

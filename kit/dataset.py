@@ -5,7 +5,6 @@ import dataclasses
 import logging
 import math
 import os
-import zlib
 
 import numpy as np
 
@@ -42,16 +41,9 @@ class Frames:
     def median_size(self):
         return tuple(int(n) for n in np.median(self.sizes, axis=0))
 
-    def fingerprint(self, samples=64):
-        """What identifies these arrays for --resume: their shape, classes and a checksum of
-        up to `samples` frames spread over the set (cheap on memory-mapped arrays)."""
-        picked = range(0, len(self.images), max(1, len(self.images) // samples))
-        crc = 0
-        for i in picked:
-            crc = zlib.crc32(np.ascontiguousarray(self.masks[i]), zlib.crc32(
-                np.ascontiguousarray(self.images[i]), crc))
-        return {"frames": len(self.images), "shape": list(self.images.shape[1:]),
-                "classes": self.classes, "checksum": crc}
+    def fingerprint(self):
+        """What identifies these arrays for --resume and in the model's config.json."""
+        return arrays.training_fingerprint(self.images, self.masks, self.classes)
 
 
 def load_frames(work):

@@ -21,7 +21,6 @@ import cv2
 import numpy as np
 
 from kit import arrays
-from kit.files import write_text
 
 log = logging.getLogger(__name__)
 
@@ -91,26 +90,27 @@ def table(pairs, masks, subjects, names, drop):
     return rows, sorted(dropped)
 
 
-def check(work, names, drop=False, similar=SIMILAR):
-    """After data.py wrote the arrays: find the contradicting pairs of the training set, write
-    them to <work>/contradictions.csv, and with `drop` rewrite the training arrays without the
-    empty-masked member of each pair. names: each frame's file stem. Returns the dropped frames'
-    indices (in data.py's numbering, as in the CSV)."""
-    images, masks, subjects = arrays.load_training_set(work)  # memory-mapped
-    sizes = arrays.load_sizes(work, "train", len(images))
+def check(out, names, drop=False, similar=SIMILAR):
+    """Before data.py commits its arrays (out: the files.OutputSet they are staged in): find the
+    contradicting pairs of the training set, stage them as contradictions.csv, and with `drop`
+    stage the training arrays again without the empty-masked member of each pair. names: each
+    frame's file stem. Returns the dropped frames' indices (in data.py's numbering, as in the
+    CSV)."""
+    images, masks, subjects = arrays.load_training_set(out)  # memory-mapped
+    sizes = arrays.load_sizes(out, "train", len(images))
     pairs = find(images, masks, subjects, sizes, similar)
     rows, dropped = table(pairs, masks, subjects, names, drop)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerows([COLUMNS, *rows])
-    write_text(work / NAME, text.getvalue())
+    out.stage(out.work / NAME).write_text(text.getvalue())
     one_empty = sum(1 for row in rows if row[7])
     log.info(f"{len(pairs)} near-duplicate pair(s) with disagreeing masks ({one_empty} with one "
-             f"mask empty) -> {work / NAME}")
+             f"mask empty) -> {out.work / NAME}")
     if dropped:
-        del images, masks  # the memory maps, before their files are replaced
+        del images, masks  # the memory maps of the staged arrays, which are staged again
         keep = np.setdiff1d(np.arange(len(names)), dropped)
-        arrays.keep_training_frames(work, keep)
+        arrays.keep_training_frames(out, keep)
         log.info(f"--drop-contradictions: dropped {len(dropped)} empty-masked frame(s), "
                  f"{len(keep)} training frames left (the CSV's 'dropped' column)")
     return dropped

@@ -1,17 +1,16 @@
 """Out of fold: each fold's validation frames predicted by its saved model, the threshold,
 minimum area and presence threshold tuned on those predictions, the scores, and what the run
 leaves for predict.py, the report and visualize.py (config.json, oof.npz, validation.csv,
-tuning.csv, curves.png)."""
+tuning.csv, curves.png), committed with the folds' models and histories as one set: the model
+folder holds the old run's or the whole of this one's (files.OutputSet)."""
 
 import dataclasses
 import logging
-import shutil
 
 import numpy as np
 
 from kit import config, figures, inference, metrics, model
 from kit.cli import import_tensorflow
-from kit.files import atomic_path
 
 import_tensorflow()  # before Keras: hides TensorFlow's start-up noise
 import keras  # noqa: E402
@@ -46,7 +45,7 @@ def out_of_fold(run, fold, images, sizes, mixed):
     """(probabilities, presence) (see inference.forward) of a fold's validation images by its
     saved file, loaded outside any distribution strategy exactly as predict.py will load it."""
     r, o = run.recipe, run.options
-    saved = keras.models.load_model(run.model_dir / f"fold{fold}.keras", compile=False)
+    saved = keras.models.load_model(run.fold_model(fold), compile=False)
     if not r.patch:
         return inference.probabilities([saved], images, r.batch_size * 4, o.tta, o.quiet,
                                        sizes=sizes if mixed else None)
@@ -77,9 +76,10 @@ def scored(probs, truth, working_truth, pixel_area, place, presence, classes, tu
     return post, grid, pred, tuned, metrics.overall(untuned)
 
 
-def evaluate(run, oof, frames, working):
-    """Tune and score the out-of-fold predictions, and record them for the report:
-    (post-processing, tuned scores, untuned score)."""
+def evaluate(run, oof, frames, working, out):
+    """Tune and score the out-of-fold predictions, and record them for the report (staged in
+    `out`, the files.OutputSet of the model folder): (post-processing, tuned scores, untuned
+    score)."""
     r, p = run.recipe, run.plan
     probs, presence, index = oof.joined()
     truth = frames.masks[index]
@@ -90,9 +90,9 @@ def evaluate(run, oof, frames, working):
     post, grid, pred, scores, untuned = scored(probs, truth, truth if r.patch else
                                                working.y[index], pixel_area, place, presence,
                                                p.classes, run.options.tune)
-    with atomic_path(run.model_dir / "oof.npz") as tmp:  # for stacking, ensembling, tuning
-        gate = {} if presence is None else {"presence": presence}
-        np.savez(tmp, index=index, probs=probs.astype(np.float16), **gate)
+    gate = {} if presence is None else {"presence": presence}
+    np.savez(out.stage(run.model_dir / "oof.npz"), index=index, probs=probs.astype(np.float16),
+             **gate)  # for stacking, ensembling, tuning
     table = {
         "index": index,
         "subject": frames.subjects[index],
@@ -101,40 +101,42 @@ def evaluate(run, oof, frames, working):
         "pred_area": pred.reshape(len(pred), -1).sum(1),
         "dice": metrics.dice_per_image(pred, truth)
     }
-    save_records(run.model_dir, table, grid, p.folds)
+    save_records(run, out, table, grid)
     return post, scores, untuned
 
 
-def save_records(model_dir, frames, grid, folds):
-    """What the report and visualize.py show: each validation frame's Dice (frames: a table),
-    the tuning grid, and the curves of every fold of this run."""
+def save_records(run, out, frames, grid):
+    """What the report and visualize.py show, staged in `out`: each validation frame's Dice
+    (frames: a table), the tuning grid, and the curves of every fold of this run."""
     import pandas as pd
 
     tuning = pd.DataFrame(grid, columns=["threshold", "min_area", "presence_threshold", "dice"])
     for name, table in (("validation.csv", pd.DataFrame(frames)), ("tuning.csv", tuning)):
-        with atomic_path(model_dir / name) as tmp:
-            table.to_csv(tmp, index=False)
-    figures.plot_curves([model_dir / f"history_fold{f}.csv" for f in folds],
-                        model_dir / "curves.png")
+        table.to_csv(out.stage(run.model_dir / name), index=False)
+    histories = [run.backup(f) / f"history_fold{f}.csv" for f in run.plan.folds]
+    figures.curves_figure(histories).savefig(out.stage(run.model_dir / "curves.png"),
+                                             format="png")
 
 
-def save_config(run, frames, working, result, seconds):
-    """config.json, which predict.py reads: the folds, the tuned post-processing, the working
-    size's scale, the scores, the recipe, options and plan; then the backups go (the run is
-    complete: nothing left to resume)."""
+def save_config(run, frames, working, result, seconds, out):
+    """config.json, which predict.py reads (the folds, the tuned post-processing, the working
+    size's scale, the scores, the training data's fingerprint, the recipe, options and plan),
+    staged in `out` with the folds' models and histories; the backups go at the commit (the run
+    is complete: nothing left to resume)."""
     post, scores, untuned = result
     r, p = run.recipe, run.plan
     class_scores = {c: {"dice": d, "iou": j} for c, (d, j) in scores.items()}
-    config.save(
-        run.model_dir,
-        config.Config(folds=[f"fold{n}.keras" for n in p.folds], **post, tta=run.options.tta,
-                      scale=working.scale, tile=r.patch, original_size=list(frames.images.shape[1:3]),
-                      validation_dice=metrics.overall(scores), validation_dice_untuned=untuned,
-                      class_scores=class_scores, precision=p.precision, seconds=seconds,
-                      recipe=dataclasses.asdict(r), options=dataclasses.asdict(run.options),
-                      plan=p.to_dict()))
+    saved = config.Config(
+        folds=[f"fold{n}.keras" for n in p.folds], **post, tta=run.options.tta,
+        scale=working.scale, tile=r.patch, original_size=list(frames.images.shape[1:3]),
+        validation_dice=metrics.overall(scores), validation_dice_untuned=untuned,
+        class_scores=class_scores, precision=p.precision, data=run.data, seconds=seconds,
+        recipe=dataclasses.asdict(r), options=dataclasses.asdict(run.options), plan=p.to_dict())
+    out.stage(run.model_dir / config.NAME).write_text(config.to_json(saved))
     for fold in p.folds:
-        shutil.rmtree(run.model_dir / f"backup_fold{fold}", ignore_errors=True)
+        for name in (f"fold{fold}.keras", f"history_fold{fold}.csv"):
+            out.adopt(run.backup(fold) / name, run.model_dir / name)
+        out.remove(run.backup(fold))
     log.info(f"per-class scores on validation images (mean over images):\n"
              f"{metrics.format_class_scores(scores)}")
     gate = f", presence threshold {post['presence_threshold']:.1f}" if r.gate else ""

@@ -18,7 +18,7 @@ import PIL
 from PIL import Image, UnidentifiedImageError
 
 from kit.cli import progress
-from kit.files import UserError, atomic_path
+from kit.files import UserError, atomic_path, new_array
 
 log = logging.getLogger(__name__)
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
@@ -226,12 +226,8 @@ def decode_set(out, items, sizes, channels, table, workers, quiet, desc, one_siz
     one copy in memory at most, every core decoding. one_size: all must have the first's size."""
     canvas = tuple(int(n) for n in sizes.max(0))
     color = (3, ) if channels == 3 else ()
-    images = np.lib.format.open_memmap(out["images"], mode="w+", dtype=np.uint8,
-                                       shape=(len(items), *canvas, *color))
-    masks = None
-    if "masks" in out:
-        masks = np.lib.format.open_memmap(out["masks"], mode="w+", dtype=np.uint8,
-                                          shape=(len(items), *canvas))
+    images = new_array(out["images"], np.uint8, (len(items), *canvas, *color))
+    masks = new_array(out["masks"], np.uint8, (len(items), *canvas)) if "masks" in out else None
 
     def load(i):
         _, image_path, mask_paths = items[i]

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from kit import arrays, cases, figures
+from kit import cases, figures
 from kit.files import UserError, write_text
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def read_csv(path):
     return pd.read_csv(path) if path.exists() else None
 
 
-def summary_section(work, models, config, table):
+def summary_section(models, config, table, test_masks):
     frames = (f" (mean over {len(table)} frames of {table['subject'].nunique()} subjects, "
               f"never seen in training)" if table is not None else "")
     rows = [("validation Dice, threshold 0.5", f"{config.validation_dice_untuned:.4f}{frames}"),
@@ -72,11 +72,9 @@ def summary_section(work, models, config, table):
                  ("on empty frames", f"{table['dice'][~has].mean():.4f} ({(~has).sum()} frames)"),
                  ("validation frames predicted empty",
                   f"{(table['pred_area'] == 0).mean():.0%} (truly empty: {(~has).mean():.0%})")]
-    masks = arrays.path(work, arrays.TEST_MASKS)
-    if masks.exists():
-        test = np.load(masks, mmap_mode="r")
-        empty = (float(
-            (test.reshape(len(test), -1).max(1) == 0).mean()) if len(test) else float("nan"))
+    if test_masks is not None:
+        test = test_masks
+        empty = float((test.reshape(len(test), -1).max(1) == 0).mean()) if len(test) else np.nan
         rows.append(("test frames predicted empty", f"{empty:.0%} of {len(test)}"))
     h, w = models[0].input_shape[1:3]
     rows.append(("working size", plan_text(config.plan.get("sizing"), w, h)))
@@ -164,15 +162,16 @@ def cases_section(work, models, config, table):
     return "".join(parts)
 
 
-def write_report(work, models, config):
-    """Write work/report.html and return its path."""
+def write_report(work, models, config, test_masks=None, path=None):
+    """Write the report of the model in work/model (and of its test masks, where given) to
+    `path` (default work/report.html: predict.py stages it with the masks) and return it."""
     model_dir = work / "model"
     table = read_csv(model_dir / "validation.csv")
     histories = [
         model_dir / f"history_{re.sub(r'[.]keras$', '', name)}.csv" for name in config.folds
     ]
     settings = sorted({**config.recipe, **config.options}.items())
-    sections = [("Summary", summary_section(work, models, config, table)),
+    sections = [("Summary", summary_section(models, config, table, test_masks)),
                 ("Training curves", embed(figures.curves_figure(histories), "training curves")),
                 ("Validation score, frame by frame", distribution_section(table)),
                 ("Threshold and minimum area", tuning_section(model_dir, config)),
@@ -184,7 +183,7 @@ def write_report(work, models, config):
         f"{html.escape(str(work))}</title><style>{STYLE}</style></head><body><h1>Run report</h1>" +
         note(f"{work}, {when}") + "".join(f"<h2>{html.escape(title)}</h2>{body}"
                                           for title, body in sections) + "</body></html>")
-    path = work / "report.html"
+    path = path or work / "report.html"
     write_text(path, page)
-    log.info(f"report -> {path}")
+    log.info(f"report -> {work / 'report.html'}")
     return path

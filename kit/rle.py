@@ -14,7 +14,7 @@ import numpy as np
 
 from kit import metrics
 from kit.cli import progress
-from kit.files import UserError, atomic_path
+from kit.files import UserError
 from kit.images import image_size, label_table, read_mask
 
 HEADER = "img,pixels"
@@ -79,9 +79,10 @@ def row_ids(ids, classes):
 
 def write_submission(path, masks, ids, quiet, sizes=None, classes=1, header=HEADER, rle=("F", 1)):
     """One row per image (per image and class for label masks), sorted by id; each mask at
-    its own size where sizes (H, W) are given."""
+    its own size where sizes (H, W) are given. Written to `path` as it goes: submission.py
+    gives a temporary file, which replaces the CSV once read back and found valid."""
     order = np.argsort(ids, kind="stable")
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
+    with open(path, "w") as f:
         f.write(header + "\n")
         for i in progress(order, quiet, desc="encode"):
             mask = np.asarray(masks[i])
@@ -92,39 +93,41 @@ def write_submission(path, masks, ids, quiet, sizes=None, classes=1, header=HEAD
                 f.write(f"{row_id(ids[i], c, classes)},{runs}\n")
 
 
-def read_submission(path, shape, expected_ids=None, header=HEADER, rle=("F", 1)):
-    """{id: run string}, with every problem raised as a UserError naming the line. shape: the
-    masks' (H, W), or {id: (H, W)}. Ids are integers unless expected_ids are text."""
+def read_submission(path, shape, expected_ids=None, header=HEADER, rle=("F", 1), shown=None):
+    """{id: run string}, with every problem raised as a UserError naming the line (of `shown`,
+    default path: the file the user knows). shape: the masks' (H, W), or {id: (H, W)}. Ids are
+    integers unless expected_ids are text."""
+    name = shown or path
     as_int = expected_ids is None or all(isinstance(i, (int, np.integer)) for i in expected_ids)
     rows = {}
     with open(path, encoding="utf-8",
               errors="replace") as f:  # undecodable bytes fail the checks below
         if f.readline().strip() != header:
-            raise UserError(f"{path}: the first line must be '{header}'")
+            raise UserError(f"{name}: the first line must be '{header}'")
         for n, line in enumerate(f, start=2):
             match = re.fullmatch(r"([A-Za-z0-9_.\-]+),([0-9 ]*)", line.rstrip("\r\n"))
             if not match:
-                raise UserError(f"{path}:{n}: expected '<id>,<runs>', got {line.strip()[:60]!r}")
+                raise UserError(f"{name}:{n}: expected '<id>,<runs>', got {line.strip()[:60]!r}")
             i = match.group(1)
             if as_int:
                 if not re.fullmatch(r"[0-9]{1,18}", i):
-                    raise UserError(f"{path}:{n}: the id {i!r} is not an integer")
+                    raise UserError(f"{name}:{n}: the id {i!r} is not an integer")
                 i = int(i)
             if i in rows:
-                raise UserError(f"{path}:{n}: id {i} appears twice")
+                raise UserError(f"{name}:{n}: id {i} appears twice")
             if isinstance(shape, dict) and i not in shape:
-                raise UserError(f"{path}:{n}: id {i} is not in the test set")
+                raise UserError(f"{name}:{n}: id {i} is not in the test set")
             try:
                 # Checks every run without drawing the mask (the order does not change the checks).
                 parse_runs(match.group(2), shape[i] if isinstance(shape, dict) else shape, rle[1])
             except ValueError as e:
-                raise UserError(f"{path}:{n}: id {i}: {e}") from None
+                raise UserError(f"{name}:{n}: id {i}: {e}") from None
             rows[i] = match.group(2).strip()
     if expected_ids is not None and set(map(str, rows)) != set(map(str, expected_ids)):
         missing = sorted(set(map(str, expected_ids)) - set(map(str, rows)))[:5]
         extra = sorted(set(map(str, rows)) - set(map(str, expected_ids)))[:5]
         raise UserError(
-            f"{path}: ids differ from the test set (missing {missing}, unexpected {extra}): "
+            f"{name}: ids differ from the test set (missing {missing}, unexpected {extra}): "
             f"run `python predict.py` and `python submission.py` again")
     return rows
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from kit import budget, callbacks, dataset, encoders, evaluation, model
 from kit.cli import import_tensorflow
-from kit.files import UserError, atomic_path
+from kit.files import UserError
 from kit.images import resize_stack
 from kit.recipe import ENCODERS, Options, Plan, Recipe
 
@@ -38,6 +38,14 @@ class Run:
     @property
     def model_dir(self):
         return self.options.workdir / "model"
+
+    def backup(self, fold):
+        """Where a fold lives until the run commits its model folder: its state for --resume,
+        history and curves, and once trained its model (see kit/callbacks.py)."""
+        return self.model_dir / f"backup_fold{fold}"
+
+    def fold_model(self, fold):
+        return self.backup(fold) / f"fold{fold}.keras"
 
     def identity(self):
         """What a resumed run must share with this one (callbacks.check_same_run)."""
@@ -217,7 +225,7 @@ def print_summary(run):
 
 
 def fold_callbacks(run, fold, state, first, deadline, frames):
-    history = run.model_dir / f"history_fold{fold}.csv"
+    history = run.backup(fold) / f"history_fold{fold}.csv"
     if first:
         callbacks.truncate_history(history, first)
     planned = state.state["logs"].get("planned_epochs") if first else None
@@ -231,7 +239,7 @@ def fold_callbacks(run, fold, state, first, deadline, frames):
         keras.callbacks.LearningRateScheduler(
             callbacks.lr_schedule(run.recipe.lr, run.recipe.schedule, planner)),
         keras.callbacks.CSVLogger(history, append=first > 0),
-        callbacks.PlotCurves(history, run.model_dir / "curves.png"),
+        callbacks.PlotCurves(history, run.backup(fold) / "curves.png"),
         state,  # after the logger: a kill between the two repeats an epoch, never skips one
         stop
     ]
@@ -308,18 +316,20 @@ def train_phases(run, fold, net, data, chain, first, state, planner, frozen):
 
 
 def train_fold(run, fold, train, val, mean, std, deadline):
-    """Train (or, with --resume, go on training) one fold and save it as fold<i>.keras.
-    train, val: (images, masks, own sizes) at the working size (or as they are, for patches)."""
-    final = run.model_dir / f"fold{fold}.keras"
+    """Train (or, with --resume, go on training) one fold and save it as fold<i>.keras in its
+    backup folder (run.fold_model). train, val: (images, masks, own sizes) at the working size
+    (or as they are, for patches)."""
+    final = run.fold_model(fold)
     keras.utils.set_random_seed(run.recipe.seed + fold)  # each fold on its own: resumable alone
-    state = callbacks.TrainingState(run.model_dir / f"backup_fold{fold}", run.identity(),
-                                    run.plan.patience, timed=bool(deadline))
+    state = callbacks.TrainingState(run.backup(fold), run.identity(), run.plan.patience,
+                                    timed=bool(deadline))
     frozen = starts_frozen(run, state)
     net = compiled_model(run, mean, std, frozen=frozen)
     first = restored(run, fold, net, state)
     if state.state["done"] and final.exists():
         log.info(f"fold {fold}: trained by the interrupted run, {final}")
         return
+    state.folder.mkdir(parents=True, exist_ok=True)  # the history is written there from the start
     chain, stop, planner = fold_callbacks(run, fold, state, first, deadline, len(train[0]))
     if not (state.state["stopped"] or state.state["done"]):
         train_phases(run, fold, net, (train, val), chain, first, state, planner, frozen)
@@ -330,8 +340,7 @@ def train_fold(run, fold, train, val, mean, std, deadline):
                     f"to continue")
         raise KeyboardInterrupt
     state.load_best(net)  # else no epoch completed (time limit): the model as it is
-    with atomic_path(final) as tmp:
-        net.save(tmp)
+    callbacks.save_model(net.save, net, final)
     state.save(done=True)
 
 
