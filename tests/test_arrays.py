@@ -10,7 +10,7 @@ import pytest
 
 from folder_sets import write_pairs
 from kit import arrays, demo, layouts
-from kit.files import UserError
+from kit.files import UserError, output_set
 from test_data import make_competition
 
 
@@ -112,7 +112,9 @@ def test_sets_of_mixed_sizes_become_arrays_with_their_sizes_and_read_back(tmp_pa
     write_pairs(tmp_path / "test", tmp_path / "test_msk", [(10, 10)], names=["t"], seed=1)
     args = data_args(images=tmp_path / "img", masks=tmp_path / "msk", test_images=tmp_path / "test")
     work = tmp_path / "work"
-    arrays.write_sets(layouts.folders(args), work, args, one_size=False)
+    work.mkdir()
+    with output_set(work, "data.py") as out:
+        arrays.write_sets(layouts.folders(args), out, args, one_size=False)
     images, masks, subjects = arrays.load_training_set(work)
     assert images.shape == masks.shape == (3, 12, 20) and subjects.tolist() == [0, 1, 2]
     assert arrays.load_sizes(work, "train", 3).tolist() == [list(s) for s in sizes]
@@ -124,29 +126,30 @@ def test_sets_of_mixed_sizes_become_arrays_with_their_sizes_and_read_back(tmp_pa
     assert set(np.unique(masks)) == {0, 1} and arrays.load_classes(work) == 1
 
     del images, masks  # the memory maps, before their files are replaced
-    arrays.keep_training_frames(work, np.array([0, 2]))
+    with output_set(work, "data.py") as out:
+        arrays.keep_training_frames(out, np.array([0, 2]))
     images, masks, subjects = arrays.load_training_set(work)
     assert len(images) == 2 and subjects.tolist() == [0, 2]
     assert arrays.load_sizes(work, "train", 2).tolist() == [[12, 16], [12, 16]]
 
 
 def test_a_run_writes_all_its_arrays_or_none_and_clears_an_earlier_runs_extras(tmp_path):
+    sizes = [(12, 16), (8, 20)]
+    write_pairs(tmp_path / "img", tmp_path / "msk", sizes, names=["a", "b"])
+    args = data_args(images=tmp_path / "img", masks=tmp_path / "msk", test_images=tmp_path / "img")
     work = tmp_path / "work"
     work.mkdir()
-    np.save(arrays.path(work, arrays.size_name("train")), np.zeros((2, 2), np.int32))  # earlier
-    np.save(arrays.path(work, arrays.TEST_TRUTH), np.zeros((1, 2, 2), np.uint8))
+    np.save(arrays.path(work, arrays.TEST_TRUTH), np.zeros((1, 2, 2), np.uint8))  # an earlier run
     with pytest.raises(RuntimeError):
-        with arrays.writing(work, [], 2) as out:
-            np.save(out[arrays.TRAIN_IMAGES], np.zeros((1, 2, 2), np.uint8))
+        with output_set(work, "data.py") as out:
+            arrays.write_sets(layouts.folders(args), out, args, one_size=False)
             raise RuntimeError("a file fails to decode")
-    assert sorted(p.name for p in work.iterdir()) == ["imgs_size_train.npy", "imgs_truth_test.npy"]
-    with arrays.writing(work, [], 2) as out:
-        assert set(out) == set(arrays.ALWAYS)
-        for name, tmp in out.items():
-            np.save(tmp, np.zeros((1, 2, 2) if "imgs_" in name and "id" not in name else 1,
-                                  np.uint8))
-    assert sorted(p.stem for p in work.glob("*.npy")) == sorted(arrays.ALWAYS)
-    assert arrays.load_classes(work) == 2 and not list(work.glob(".*"))  # no temporaries left
+    assert sorted(p.name for p in work.iterdir()) == ["imgs_truth_test.npy"]  # none of them
+    with output_set(work, "data.py") as out:
+        arrays.write_sets(layouts.folders(args), out, args, one_size=False)
+    assert arrays.path(work, arrays.size_name("train")).exists()  # mixed sizes: recorded
+    assert not arrays.path(work, arrays.TEST_TRUTH).exists()  # not this run's: cleared
+    assert arrays.load_classes(work) == 1 and not list(work.glob(".*.tmp*"))  # no temporaries
 
 
 def test_arrays_that_do_not_belong_together_are_one_line_errors(tmp_path):

@@ -2,14 +2,12 @@
 a disk that fills while a step writes (memory-mapped arrays: SIGBUS otherwise) said in one line,
 with the previous outputs intact and no temporary left behind."""
 
-import os
 import shutil
 import signal
 import subprocess
 import sys
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from conftest import ROOT, run_script
@@ -56,6 +54,7 @@ def test_the_free_space_check(monkeypatch, tmp_path):
     files.check_free_space(tmp_path, 8 * 2**20, "data.py's arrays")  # fits, with room to spare
 
 
+@pytest.mark.slow
 def test_data_py_refuses_arrays_the_disk_has_no_room_for(monkeypatch, tmp_path):
     import data
 
@@ -114,6 +113,7 @@ def test_a_memory_mapped_write_to_a_full_disk_is_one_line_not_a_bus_error(small_
     assert unreserved.returncode == -signal.SIGBUS  # what reserving the blocks first prevents
 
 
+@pytest.mark.slow
 def test_data_py_on_a_small_disk(small_disk, tmp_path):
     raw = make_competition(tmp_path / "raw", h=100, w=120)
     work = small_disk.path / "work"

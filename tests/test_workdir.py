@@ -89,6 +89,7 @@ def start_holding(work, *args):
     return process
 
 
+@pytest.mark.slow
 def test_a_busy_workdir_is_refused_to_every_step_naming_the_run_that_holds_it(tmp_path):
     work, raw = tmp_path / "work", tmp_path / "demo"
     first = start_holding(work, "--demo", "--demo-subjects", 3, "--raw", raw, "--workdir", work,
@@ -111,6 +112,7 @@ def test_a_busy_workdir_is_refused_to_every_step_naming_the_run_that_holds_it(tm
     assert hidden(work) == []  # no lock, no temporary left
 
 
+@pytest.mark.slow
 def test_a_killed_runs_lock_is_taken_over_and_its_temporaries_removed(tmp_path):
     work = tmp_path / "work"
     killed = start_holding(work, "--demo", "--demo-subjects", 3, "--raw", tmp_path / "demo",
@@ -226,6 +228,7 @@ def two_data_sets(tmp_path_factory):
     return old, new, raw
 
 
+@pytest.mark.slow
 def test_data_py_killed_at_any_rename_leaves_the_old_arrays_or_the_whole_new_set(two_data_sets,
                                                                                   tmp_path):
     old, new, raw = two_data_sets
