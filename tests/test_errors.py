@@ -314,9 +314,9 @@ def fewer_masks(work):
     np.save(work / "imgs_mask_train.npy", np.load(work / "imgs_mask_train.npy")[:-3])
 
 
-def leftover_backup(work):
+def leftover_backup(work, state="{}"):
     (work / "model/backup_fold0").mkdir(parents=True)
-    (work / "model/backup_fold0/state.json").write_text("{}")
+    (work / "model/backup_fold0/state.json").write_text(state)
 
 
 def copy_arrays(source, work):
@@ -338,7 +338,12 @@ TRAIN_CASES = {
                           ["data.json is damaged", "python data.py` again"]),
     "interrupted run, no --resume": (leftover_backup, [], [
         "backup_fold0 holds an interrupted run", "--resume", "delete that folder"
-    ])
+    ]),
+    "damaged backup state.json": (lambda work: leftover_backup(work, '{"epoch": 3, "rec'),
+                                  ["--resume"], [
+                                      "backup_fold0/state.json is unreadable",
+                                      "delete", "to start this fold afresh"
+                                  ]),
 }
 
 
