@@ -42,7 +42,10 @@ def add_recipe_flags(p):
     g.add_argument("--batch-size", type=int, default=16, help="global batch size")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam")
     g.add_argument("--schedule", choices=SCHEDULES, default="cosine",
-                   help="learning-rate schedule over the planned epochs")
+                   help="learning-rate schedule over the planned epochs: cosine (2 epochs' "
+                   "warm-up, then down to 2%% of --lr), constant, restarts (the same warm-up, "
+                   "then cosine cycles each twice as long as the last, each restarting at --lr), "
+                   "onecycle (--lr/25 rising to --lr at 30%% of the plan, then down to --lr/1e4)")
     g.add_argument("--loss", choices=BINARY_LOSSES + CATEGORICAL_LOSSES, default="bce_dice",
                    help="training loss (label masks: binary names mean their categorical twins)")
     g.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),

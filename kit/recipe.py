@@ -34,7 +34,7 @@ ENCODERS = {
     "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
 }
 ENCODER_STRIDE = 32  # every encoder halves the size 5 times
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "restarts", "onecycle")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 PRESETS = {
     # The 2017 Keras tutorial: 96x96 squashed input, filters 32..512, transposed convolutions,
