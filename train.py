@@ -42,9 +42,15 @@ def add_recipe_flags(p):
     g.add_argument("--batch-size", type=int, default=16, help="global batch size")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam")
     g.add_argument("--schedule", choices=SCHEDULES, default="cosine",
-                   help="learning-rate schedule over the planned epochs")
+                   help="learning-rate schedule over the planned epochs: cosine (2 epochs' "
+                   "warm-up, then down to 2%% of --lr), constant, restarts (the same warm-up, "
+                   "then cosine cycles each twice as long as the last, each restarting at --lr), "
+                   "onecycle (--lr/25 rising to --lr at 30%% of the plan, then down to --lr/1e4)")
     g.add_argument("--loss", choices=BINARY_LOSSES + CATEGORICAL_LOSSES, default="bce_dice",
-                   help="training loss (label masks: binary names mean their categorical twins)")
+                   help="training loss (label masks: binary names mean their categorical "
+                   "twins); lovasz: the Lovász hinge per image (Berman et al. 2018) on the "
+                   "clipped logits of the sigmoid, its twin the Lovász-softmax; bce_dice_focal: "
+                   "BCE + Dice + focal loss (gamma 2), binary masks only")
     g.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                    help="working size (default: from the size of the masks)")
     g.add_argument("--width", type=int, default=16, help="filters of the first level (doubling)")

@@ -355,15 +355,71 @@ def tensorboard(log_dir):
     return keras.callbacks.TensorBoard(log_dir)
 
 
+FLOOR = 0.02  # cosine and restarts decay to 2% of the peak rate
+# One-cycle (Smith 2018, "A disciplined approach to neural network hyper-parameters"; Smith and
+# Topin 2019, "Super-convergence"), with the constants of PyTorch's OneCycleLR and fastai: a
+# linear rise from lr/25 over the first 30% of the planned epochs to the peak, then a cosine
+# down to lr/1e4 at the last planned epoch.
+ONECYCLE_START, ONECYCLE_RISE, ONECYCLE_END = 1 / 25, 0.3, 1e-4
+
+
+def cosine_to(floor, progress):
+    """From 1 at progress 0 down a half cosine to `floor` at progress 1 (and after)."""
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def cosine(epoch, planned, warmup):
+    return cosine_to(FLOOR, (epoch - warmup) / max(1, planned - warmup))
+
+
+def restart_cycles(epochs):
+    """SGDR's cycle lengths for `epochs` epochs after the warm-up: up to 3 cycles, each twice
+    the one before, the first at least 3 epochs; the last takes the epochs left over."""
+    n = max(1, min(3, int(math.log2(epochs / 3 + 1))))
+    first = max(1, epochs // (2**n - 1))
+    cycles = [first * 2**i for i in range(n - 1)]
+    return cycles + [max(1, epochs - sum(cycles))]
+
+
+def restarts(epoch, planned, warmup):
+    """Cosine with warm restarts (SGDR, Loshchilov and Hutter 2017): each cycle falls from the
+    peak to FLOOR at its last epoch, and the next starts again at the peak."""
+    t = epoch - warmup
+    for length in restart_cycles(max(1, planned - warmup)):
+        if t < length:
+            return cosine_to(FLOOR, t / max(1, length - 1))
+        t -= length
+    return FLOOR  # past the plan
+
+
+def onecycle(epoch, planned, _):
+    peak = round(ONECYCLE_RISE * (planned - 1))
+    if epoch < peak:
+        return ONECYCLE_START + (1 - ONECYCLE_START) * epoch / peak
+    return cosine_to(ONECYCLE_END, (epoch - peak) / max(1, planned - 1 - peak))
+
+
+# Each schedule: the fraction of the peak rate at an epoch, given the planned epochs and the
+# warm-up. The names are recipe.SCHEDULES.
+SCHEDULES = {
+    "cosine": cosine,
+    "constant": lambda epoch, planned, warmup: 1.0,
+    "restarts": restarts,
+    "onecycle": onecycle,
+}
+WARMED_UP = ("cosine", "restarts")  # onecycle has its own rise
+
+
 def lr_schedule(lr, kind, planner, warmup=2):
-    """Constant, or a linear warm-up then a cosine decay over the planned epochs to 2% of lr."""
+    """The learning rate at each epoch over the planner's planned epochs (re-read every epoch):
+    constant; cosine: a linear warm-up over `warmup` epochs, then a cosine decay to 2% of lr;
+    restarts: the same warm-up, then cosine cycles each twice as long as the one before, each
+    restarting at lr; onecycle: lr/25 rising to lr at 30% of the plan, then down to lr/1e4."""
+    fraction = SCHEDULES[kind]
 
     def schedule(epoch, _):
-        if kind == "constant":
-            return lr
-        if epoch < warmup:
+        if kind in WARMED_UP and epoch < warmup:
             return lr * (epoch + 1) / warmup
-        progress = min(1.0, (epoch - warmup) / max(1, planner.planned_epochs - warmup))
-        return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+        return lr * fraction(epoch, planner.planned_epochs, warmup)
 
     return schedule

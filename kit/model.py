@@ -149,13 +149,68 @@ def bce_dice_loss(y_true, y_pred):
     return bce_loss(y_true, y_pred) + dice_loss(y_true, y_pred)
 
 
+def focal_loss(y_true, y_pred, gamma=2.0):
+    """The focal loss (Lin et al. 2017) with gamma 2, unweighted: cross-entropy scaled by
+    (1 - p_t)^gamma, so that the many easy background pixels count less."""
+    return ops.mean(keras.losses.binary_focal_crossentropy(
+        ops.cast(y_true, "float32"), ops.cast(y_pred, "float32"), gamma=gamma))
+
+
+def bce_dice_focal_loss(y_true, y_pred):
+    return bce_dice_loss(y_true, y_pred) + focal_loss(y_true, y_pred)
+
+
+# The Lovász losses (Berman, Rannen Triki and Blaschko 2018, "The Lovász-Softmax loss"): the
+# Lovász extension of the Jaccard loss, a convex surrogate that sorts the pixels' errors and
+# weighs them by the Jaccard loss's increments (as their reference lovasz_losses.py does).
+LOGIT_EPSILON = 1e-6  # the clip before the logit: |logit| <= 13.8
+
+
+def lovasz_rows(errors, labels):
+    """Each row's Lovász extension of the Jaccard loss at `errors` (rows, pixels), for the
+    truth `labels` (0 or 1). A row without foreground gives its largest error, as in the
+    reference (its Jaccard increments are then 1 for the first pixel, 0 after)."""
+    order = ops.argsort(-errors, axis=-1)
+    errors = ops.take_along_axis(errors, order, axis=-1)
+    labels = ops.take_along_axis(labels, order, axis=-1)
+    total = ops.sum(labels, axis=-1, keepdims=True)
+    intersection = total - ops.cumsum(labels, axis=-1)
+    union = total + ops.cumsum(1 - labels, axis=-1)
+    jaccard = 1 - intersection / union
+    grad = ops.concatenate([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], axis=-1)
+    return ops.sum(errors * ops.stop_gradient(grad), axis=-1)
+
+
+def lovasz_hinge(labels, logits):
+    """The Lovász hinge per image, averaged over the batch (the reference's per_image=True):
+    `logits` and binary `labels` of shape (batch, ...). An image with no foreground costs its
+    worst false alarm, the hinge 1 + logit of its highest pixel, as in the reference."""
+    batch = ops.shape(logits)[0]
+    logits = ops.reshape(ops.cast(logits, "float32"), (batch, -1))
+    labels = ops.reshape(ops.cast(labels, "float32"), (batch, -1))
+    # The reference sorts the errors, then hinges them: the hinge keeps their order, and the
+    # pixels it sets to 0 come last either way, so hinging first gives the same loss.
+    errors = ops.relu(1 - logits * (2 * labels - 1))
+    return ops.mean(lovasz_rows(errors, labels))
+
+
+def lovasz_loss(y_true, y_pred):
+    """The Lovász hinge for binary masks. It expects logits, and the kit's model gives sigmoid
+    probabilities: they are clipped to [1e-6, 1 - 1e-6] and turned back into logits, so that a
+    pixel beyond |logit| 13.8 gets no gradient."""
+    p = ops.clip(ops.cast(y_pred, "float32"), LOGIT_EPSILON, 1 - LOGIT_EPSILON)
+    return lovasz_hinge(y_true, ops.log(p) - ops.log(1 - p))
+
+
 BINARY_LOSSES = {
     "dice": dice_loss,
     "bce": bce_loss,
     "bce_dice": bce_dice_loss,
     "jaccard": jaccard_loss,
     "tversky": tversky_loss,
-    "focal_tversky": focal_tversky_loss
+    "focal_tversky": focal_tversky_loss,
+    "lovasz": lovasz_loss,
+    "bce_dice_focal": bce_dice_focal_loss,
 }
 
 # Label masks (softmax over background + K classes) train on one-hot targets.
@@ -190,13 +245,26 @@ def cce_dice_loss(y_true, y_pred):
     return cce_loss(y_true, y_pred) + multiclass_dice_loss(y_true, y_pred)
 
 
+def lovasz_softmax_loss(y_true, y_pred):
+    """The Lovász-softmax (the reference's defaults: over the whole batch, classes='present'):
+    for each class present in the batch's truth, background included, the Lovász extension of
+    its Jaccard loss at the errors |truth - probability|; the mean over those classes."""
+    classes = y_pred.shape[-1]
+    y_true = ops.transpose(ops.reshape(ops.cast(y_true, "float32"), (-1, classes)))
+    y_pred = ops.transpose(ops.reshape(ops.cast(y_pred, "float32"), (-1, classes)))
+    per_class = lovasz_rows(ops.abs(y_true - y_pred), y_true)
+    present = ops.cast(ops.sum(y_true, axis=-1) > 0, "float32")
+    return ops.sum(per_class * present) / ops.maximum(ops.sum(present), 1.0)
+
+
 # Each a function of the class weights (median-frequency balancing, kit/dataset.py): only
 # weighted_cce uses them.
 CATEGORICAL_LOSSES = {
     "cce": lambda _: cce_loss,
     "multiclass_dice": lambda _: multiclass_dice_loss,
     "cce_dice": lambda _: cce_dice_loss,
-    "weighted_cce": weighted_cce
+    "weighted_cce": weighted_cce,
+    "lovasz_softmax": lambda _: lovasz_softmax_loss,
 }
 
 

@@ -22,10 +22,12 @@ log = logging.getLogger(__name__)
 
 # The vocabulary of the recipe. kit/model.py and kit/encoders.py hold what each name builds
 # (tests/test_recipe.py checks that they agree).
-BINARY_LOSSES = ("dice", "bce", "bce_dice", "jaccard", "tversky", "focal_tversky")
-CATEGORICAL_LOSSES = ("cce", "multiclass_dice", "cce_dice", "weighted_cce")
+BINARY_LOSSES = ("dice", "bce", "bce_dice", "jaccard", "tversky", "focal_tversky", "lovasz",
+                 "bce_dice_focal")
+CATEGORICAL_LOSSES = ("cce", "multiclass_dice", "cce_dice", "weighted_cce", "lovasz_softmax")
 # A binary loss's categorical twin, so that one --loss works for both kinds of mask.
-CATEGORICAL_TWIN = {"bce": "cce", "dice": "multiclass_dice", "bce_dice": "cce_dice"}
+CATEGORICAL_TWIN = {"bce": "cce", "dice": "multiclass_dice", "bce_dice": "cce_dice",
+                    "lovasz": "lovasz_softmax"}
 # The keras.applications backbones --encoder names, each with the no-top ImageNet weights file
 # that keras.applications downloads for it (kit/encoders.py wires them).
 ENCODERS = {
@@ -34,7 +36,7 @@ ENCODERS = {
     "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
 }
 ENCODER_STRIDE = 32  # every encoder halves the size 5 times
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "restarts", "onecycle")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 PRESETS = {
     # The 2017 Keras tutorial: 96x96 squashed input, filters 32..512, transposed convolutions,
