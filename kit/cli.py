@@ -10,7 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from kit.files import UserError, default_raw, default_workdir
+from kit.files import FULL_DISK, UserError, default_raw, default_workdir
 
 VERBOSE = False  # -v: set by setup_logging, before TensorFlow is imported
 # Warnings from these packages are framework noise (deprecations, retracing notes) unless -v.
@@ -101,7 +101,7 @@ def explain(e):
     if isinstance(e, OSError):
         where = f"{e.filename}: " if e.filename else ""
         what = e.strerror or str(e).splitlines()[0]
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno in FULL_DISK:
             return f"{where}{what}: free some disk space, or use a --workdir on another disk"
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return (f"{where}{what}: use a --workdir (and --raw) you can write to, "

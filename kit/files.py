@@ -83,6 +83,7 @@ def writable(folder):
 # A temporary's name: its final name, the pid of the run writing it (so that only a dead run's
 # are ever removed), mkstemp's 8 random characters, and .tmp plus the final suffixes.
 TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp")
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)  # what a disk (or a quota) with no room says
 
 
 def temporary(final, folder=False):
@@ -122,10 +123,16 @@ def alive(pid):
     return True
 
 
+def writer_of(path):
+    """The pid of the run writing the temporary `path`, or None where it is no temporary."""
+    match = TEMPORARY.match(Path(path).name)
+    return int(match["pid"]) if match else None
+
+
 def dead_temporary(path):
     """Whether `path` is a temporary of a run that no longer runs: safe to remove."""
-    match = TEMPORARY.match(Path(path).name)
-    return bool(match) and not alive(int(match["pid"]))
+    pid = writer_of(path)
+    return pid is not None and not alive(pid)
 
 
 def remove(path):
@@ -308,8 +315,7 @@ class OutputSet:
     def discard(self):
         """The staged temporaries go: the old set stays as it was."""
         for path in [*self.superseded, *self.moves.values()]:
-            match = TEMPORARY.match(path.name)
-            if match and int(match["pid"]) == os.getpid():
+            if writer_of(path) == os.getpid():
                 remove(path)
 
 
@@ -321,7 +327,7 @@ def output_set(work, step):
         yield outputs
     except BaseException as e:
         outputs.discard()
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
+        if isinstance(e, OSError) and e.errno in FULL_DISK and not e.filename:
             e.filename = str(work)  # a write of np.save or a library says no more than that
         raise
     outputs.commit()
@@ -392,7 +398,7 @@ def reserve(path, nbytes):
         with open(path, "r+b") as f:
             os.posix_fallocate(f.fileno(), 0, nbytes)
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno in FULL_DISK:
             raise UserError(f"{final_path(path)}: no space left on device for its "
                             f"{megabytes(nbytes)}: {NO_SPACE}") from None
         if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # filesystems without it
@@ -413,7 +419,7 @@ def disk_errors(path):
     try:
         yield
     except Exception as e:
-        full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or
+        full = (isinstance(e, OSError) and e.errno in FULL_DISK or
                 "No space left" in str(e) or "errno = 28" in str(e))
         if not full:
             raise
