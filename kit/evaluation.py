@@ -113,7 +113,7 @@ def save_records(run, out, frames, grid):
     tuning = pd.DataFrame(grid, columns=["threshold", "min_area", "presence_threshold", "dice"])
     for name, table in (("validation.csv", pd.DataFrame(frames)), ("tuning.csv", tuning)):
         table.to_csv(out.stage(run.model_dir / name), index=False)
-    histories = [run.backup(f) / f"history_fold{f}.csv" for f in run.plan.folds]
+    histories = [run.history(f) for f in run.plan.folds]
     figures.curves_figure(histories).savefig(out.stage(run.model_dir / "curves.png"),
                                              format="png")
 
@@ -134,8 +134,8 @@ def save_config(run, frames, working, result, seconds, out):
         recipe=dataclasses.asdict(r), options=dataclasses.asdict(run.options), plan=p.to_dict())
     out.stage(run.model_dir / config.NAME).write_text(config.to_json(saved))
     for fold in p.folds:
-        for name in (f"fold{fold}.keras", f"history_fold{fold}.csv"):
-            out.adopt(run.backup(fold) / name, run.model_dir / name)
+        for staged in (run.fold_model(fold), run.history(fold)):
+            out.adopt(staged, run.model_dir / staged.name)
         out.remove(run.backup(fold))
     log.info(f"per-class scores on validation images (mean over images):\n"
              f"{metrics.format_class_scores(scores)}")

@@ -47,6 +47,9 @@ class Run:
     def fold_model(self, fold):
         return self.backup(fold) / f"fold{fold}.keras"
 
+    def history(self, fold):
+        return self.backup(fold) / f"history_fold{fold}.csv"
+
     def identity(self):
         """What a resumed run must share with this one (callbacks.check_same_run)."""
         return {"recipe": dataclasses.asdict(self.recipe), "data": self.data,
@@ -225,7 +228,7 @@ def print_summary(run):
 
 
 def fold_callbacks(run, fold, state, first, deadline, frames):
-    history = run.backup(fold) / f"history_fold{fold}.csv"
+    history = run.history(fold)
     if first:
         callbacks.truncate_history(history, first)
     planned = state.state["logs"].get("planned_epochs") if first else None
