@@ -62,6 +62,19 @@ def fail_at(monkeypatch, k):
     return calls
 
 
+def killed_at(monkeypatch, k, work, step):
+    """Run step() with a Ctrl-C at its k-th rename, then what the next step does first on work;
+    returns how many renames step() asked for (fewer than k: it ran to its end)."""
+    calls = fail_at(monkeypatch, k)
+    try:
+        step()
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    next_step_recovers(work)
+    return calls[0]
+
+
 def next_step_recovers(work):
     """What each step does first on a workdir: take its lock, finishing or clearing what a
     killed run left."""
@@ -173,6 +186,11 @@ def new_set(out):
     out.remove(out.work / "gone.txt")
 
 
+def write_new_set(work):
+    with files.output_set(work, "test") as out:
+        new_set(out)
+
+
 def the_set(work):
     return {p.relative_to(work).as_posix(): p.read_text() for p in sorted(work.rglob("*"))
             if p.is_file() and not p.relative_to(work).as_posix().startswith("made/")}
@@ -182,25 +200,17 @@ def test_a_set_is_committed_whole_or_not_at_all_wherever_a_kill_falls(tmp_path, 
     old, new = tmp_path / "old", tmp_path / "new"
     old_set(old)
     shutil.copytree(old, new)
-    with files.output_set(new, "test") as out:
-        new_set(out)
+    write_new_set(new)
     seen, k = set(), 0
     while True:
         k += 1
         work = tmp_path / f"killed{k}"
         shutil.copytree(old, work)
-        calls = fail_at(monkeypatch, k)
-        try:
-            with files.output_set(work, "test") as out:
-                new_set(out)
-        except KeyboardInterrupt:
-            pass
-        monkeypatch.undo()
-        next_step_recovers(work)
+        renames = killed_at(monkeypatch, k, work, lambda: write_new_set(work))
         assert the_set(work) in (the_set(old), the_set(new)), k
         assert hidden(work) == []
         seen.add("old" if the_set(work) == the_set(old) else "new")
-        if calls[0] < k:  # the commit made fewer renames: every point was tried
+        if renames < k:  # the commit made fewer renames: every point was tried
             break
     assert seen == {"old", "new"} and k > 5
 
@@ -295,13 +305,7 @@ def test_predict_py_interrupted_at_any_rename_leaves_the_old_masks_or_the_whole_
         k += 1
         work = tmp_path / f"killed{k}"
         shutil.copytree(predicted, work)
-        calls = fail_at(monkeypatch, k)
-        try:
-            predict_main(work)
-        except KeyboardInterrupt:
-            pass
-        monkeypatch.undo()
-        next_step_recovers(work)
+        renames = killed_at(monkeypatch, k, work, lambda: predict_main(work))
         assert predict_set(work) in (predict_set(predicted), predict_set(new)), k
         assert hidden(work) == [] and (work / "report.html").exists()
         seen.append("old" if predict_set(work) == predict_set(predicted) else "new")
@@ -313,7 +317,7 @@ def test_predict_py_interrupted_at_any_rename_leaves_the_old_masks_or_the_whole_
             submission.main(["--workdir", str(work), "--raw", str(work / "no-raw"), "-q"])
             assert (work / "submission.csv").read_text().count("\n") == 1 + len(np.load(
                 work / "imgs_id_test.npy"))
-        if calls[0] < k:
+        if renames < k:
             break
     assert "old" in seen and seen[-2:] == ["new", "new"] and k > 6
 
@@ -362,20 +366,14 @@ def test_train_py_killed_at_any_rename_of_its_commit_leaves_the_old_model_or_the
         again.moves = {copy / f.relative_to(work): copy / s.relative_to(work)
                        for f, s in out.moves.items()}
         again.removals = [copy / p.relative_to(work) for p in out.removals]
-        calls = fail_at(monkeypatch, k)
-        try:
-            again.commit()
-        except KeyboardInterrupt:
-            pass
-        monkeypatch.undo()
-        next_step_recovers(copy)
+        renames = killed_at(monkeypatch, k, copy, again.commit)
         assert model_set(copy) in (old, new), k
         seen.append("old" if model_set(copy) == old else "new")
         backups = sorted(p.name for p in (copy / "model").glob("backup_fold*"))
         assert backups == ([] if seen[-1] == "new" else ["backup_fold0", "backup_fold1",
                                                          "backup_fold2"])  # resumable
         assert hidden(copy) == []
-        if calls[0] < k:
+        if renames < k:
             break
     assert seen[0] == "old" and seen[-2:] == ["new", "new"] and k > 8
     # The next step reads the model folder left after a kill between fold0.keras and config.json.
